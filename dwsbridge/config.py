@@ -1,0 +1,142 @@
+"""The one typed configuration object, loaded in one place.
+
+Sources, later wins: built-in defaults, the YAML file (`$DWSBRIDGE_CONFIG`, else
+`/etc/dwsbridge/config.yaml` when present), then `$DWSBRIDGE_ROOT` for the local backend's root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dwsbridge.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/dwsbridge/config.yaml")
+DEFAULT_ROOT = Path("/var/lib/dwsbridge")
+DEFAULT_KUBECONFIG = Path("/etc/slurm/slurm-dws.kubeconfig")
+
+
+@dataclass
+class Config:
+    backend: str = "local"  # "local" (embedded default) or "kubernetes"
+    root: Path = DEFAULT_ROOT  # local backend: state database, job storage, secrets
+    ruleset: Path | None = None  # DWDirectiveRule YAML; None = the bundled NNF ruleset
+    namespace: str = "default"
+    kubeconfig: Path | None = None  # None = $KUBECONFIG, then DEFAULT_KUBECONFIG, then in-cluster
+    pool_name: str = "dws"  # the Slurm burst-buffer pool reported by slurm_bb_pools
+    pool_size: int | None = None  # bytes; None = size the pool from the local storage
+    pool_granularity: int = 1
+    capacity_limit: int | None = None  # bytes per workflow; None = free space only
+    state_timeout: float = 300.0  # seconds to wait for a state before giving up
+    transient_timeout: float = 60.0  # seconds a TransientCondition may last before it is fatal
+    copy_offload_cert_dir: Path | None = None  # site TLS cert+key; None = <root>/tls
+    copy_offload_profiles: Path | None = None  # dmProfile YAML for copy-offload servers
+    compute_name: str = "localhost"  # local backend: the host name jobs reach the copy-offload server by
+    flux_presets: dict[str, str] = field(default_factory=dict)  # -S dw=NAME -> directives
+    log_level: str = "info"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.copy_offload_cert_dir or self.root / "tls"
+
+
+_PATH_FIELDS = {"root", "ruleset", "kubeconfig", "copy_offload_cert_dir", "copy_offload_profiles"}
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """Read the config file (if any), apply environment and explicit overrides, and check types."""
+    cfg_path = Path(path) if path else None
+    if cfg_path is None and os.environ.get("DWSBRIDGE_CONFIG"):
+        cfg_path = Path(os.environ["DWSBRIDGE_CONFIG"])
+    if cfg_path is None and DEFAULT_CONFIG_PATH.exists():
+        cfg_path = DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if cfg_path is not None:
+        data = _read_yaml(cfg_path)
+    if os.environ.get("DWSBRIDGE_ROOT"):
+        data["root"] = os.environ["DWSBRIDGE_ROOT"]
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(data, str(cfg_path) if cfg_path else "defaults")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def _build(data: dict[str, Any], source: str) -> Config:
+    known = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s): {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(key, value, source)
+    cfg = Config(**kwargs)
+    if cfg.backend not in ("local", "kubernetes"):
+        raise ConfigError(f"{source}: backend must be 'local' or 'kubernetes', not {cfg.backend!r}")
+    return cfg
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if key in _PATH_FIELDS:
+            return Path(str(value))
+        if key in ("pool_size", "capacity_limit", "pool_granularity"):
+            return parse_size(value)
+        if key in ("state_timeout", "transient_timeout"):
+            return float(value)
+        if key == "flux_presets":
+            if not isinstance(value, dict):
+                raise ValueError("must be a mapping of preset name to directives")
+            return {str(k): str(v) for k, v in value.items()}
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: setting {key}: {exc}") from exc
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+    "K": 1024,
+    "M": 1024**2,
+    "G": 1024**3,
+    "T": 1024**4,
+}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string such as '10GiB', '500MB' (the #DW capacity units)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    number, unit = text[:digits], text[digits:].strip().upper()
+    if not number or unit not in _UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. 10GiB, 500MB, or bytes)")
+    return int(number) * _UNITS[unit]
