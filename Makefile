@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian's interpreter: readable by every user (jobs run the copyoffload client as themselves).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
-DEBS := slurmctld slurmd slurm-client munge kubernetes-client
+DEBS := slurmctld slurmd slurm-client munge
 
 .PHONY: install debs test lint typecheck unit demo bench clean
 
@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 debs:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \

@@ -1,0 +1,5 @@
+import sys
+
+from dwsbridge.cli import main
+
+sys.exit(main())
