@@ -117,7 +117,9 @@ def check_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     new_state = new_spec.get("desiredState", "")
     old_state = old_spec.get("desiredState", "")
     if new_spec.get("hurry") and new_state != TEARDOWN:
-        raise AdmissionError("spec.hurry: Forbidden: the hurry flag may only be set with desiredState Teardown")
+        raise AdmissionError(
+            "spec.hurry: Forbidden: the hurry flag may only be set with desiredState Teardown"
+        )
     if old_spec.get("hurry") and not new_spec.get("hurry"):
         raise AdmissionError("spec.hurry: Forbidden: the hurry flag may not be cleared")
     if new_state == old_state:

@@ -15,6 +15,7 @@ from dwsbridge.errors import DwsBridgeError
 
 COMMAND_MODULES = (
     "dwsbridge.cli.validate",
+    "dwsbridge.cli.admin",
 )
 
 EPILOG = """\

@@ -1,0 +1,201 @@
+"""The local backend: Workflows in SQLite, each state's work done by LocalDriver in the caller.
+
+There is no controller daemon: `update_desired_state` records the new state and runs its driver
+inline, under a lease naming this process. A caller killed mid-state leaves the lease dead; the next
+caller sees that and can run the state again or tear down.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any
+
+from dwsbridge.backends.base import Pool
+from dwsbridge.backends.local.driver import DriverError, LocalDriver
+from dwsbridge.backends.local.store import Store
+from dwsbridge.config import Config
+from dwsbridge.errors import AdmissionError, Cancelled, WorkflowNotFound, WorkflowTimeout
+from dwsbridge.workflow import advanced, check_create, check_update, is_state_complete
+
+log = logging.getLogger("dwsbridge.local")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.root)
+        self.driver = LocalDriver(config, self.store)
+
+    # --- create / read ---------------------------------------------------------------------
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        check_create(obj, self._admit_directives)
+        obj = dict(obj)
+        obj["metadata"] = dict(obj["metadata"])
+        obj["metadata"]["creationTimestamp"] = _now()
+        obj["metadata"]["uid"] = os.urandom(8).hex()
+        name = obj["metadata"]["name"]
+        obj["status"] = {
+            "state": obj["spec"]["desiredState"],
+            "ready": False,
+            "status": "DriverWait",
+            "message": "",
+            "env": {
+                "DW_WORKFLOW_NAME": name,
+                "DW_WORKFLOW_NAMESPACE": obj["metadata"].get("namespace", "default"),
+            },
+            "desiredStateChange": _now(),
+        }
+        with self.store.transaction() as conn:
+            if not self.store.insert_workflow(conn, obj):
+                raise AdmissionError(f'workflows.dataworkflowservices.github.io "{name}" already exists')
+            self.store.set_lease(conn, name, os.getpid())
+        return self._reconcile(name, obj["spec"]["desiredState"])
+
+    def _admit_directives(self, texts: list[str]) -> None:
+        from dwsbridge.directives import RuleSet, check_job
+        from dwsbridge.errors import DirectiveError
+
+        try:
+            errors = check_job(texts, ruleset=RuleSet.load(self.config.ruleset), cross=False)[1]
+        except DirectiveError as exc:
+            errors = [exc]
+        if errors:
+            raise AdmissionError("; ".join(e.render() for e in errors))
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj = self.find(name)
+        if obj is None:
+            raise WorkflowNotFound(f"workflow {name} not found")
+        return obj
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        return self.store.read_workflow(None, name)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.store.list_workflows()
+
+    # --- state changes ---------------------------------------------------------------------
+    def update_desired_state(self, name: str, state: str, *, hurry: bool = False) -> dict[str, Any]:
+        with self.store.transaction() as conn:
+            old = self.store.read_workflow(conn, name)
+            if old is None:
+                raise WorkflowNotFound(f"workflow {name} not found")
+            new = advanced(old, state, hurry=hurry)
+            check_update(old, new)
+            if state != old["spec"]["desiredState"]:
+                completed = list(old["status"].get("completedStates") or [])
+                if is_state_complete(old, old["spec"]["desiredState"]):
+                    completed.append(old["spec"]["desiredState"])
+                new["status"].update(
+                    state=state,
+                    ready=False,
+                    status="DriverWait",
+                    message="",
+                    desiredStateChange=_now(),
+                    completedStates=completed,
+                )
+            self.store.write_workflow(conn, new)
+            self.store.set_lease(conn, name, os.getpid())
+        log.info("workflow=%s job=%s desiredState=%s hurry=%s", name, new["spec"]["jobID"], state, hurry)
+        return self._reconcile(name, state)
+
+    def resume(self, name: str) -> dict[str, Any] | None:
+        """Run the current state again when the process that ran it died before finishing."""
+        with self.store.transaction() as conn:
+            obj = self.store.read_workflow(conn, name)
+            if obj is None:
+                return None
+            state = obj["spec"]["desiredState"]
+            if is_state_complete(obj, state) or obj["status"].get("status") == "Error":
+                return obj
+            if self.store.lease_alive(conn, name):
+                return None
+            self.store.set_lease(conn, name, os.getpid())
+        log.info("workflow=%s resuming %s (its driver process died)", name, state)
+        return self._reconcile(name, state)
+
+    def _reconcile(self, name: str, state: str) -> dict[str, Any]:
+        obj = self.get(name)
+        try:
+            updates = self.driver.run(obj, state)
+            outcome: dict[str, Any] = {"ready": True, "status": "Completed", "message": ""}
+        except DriverError as exc:
+            updates, outcome = {}, {"ready": False, "status": "Error", "message": str(exc)}
+            log.error("workflow=%s job=%s %s failed: %s", name, obj["spec"]["jobID"], state, exc)
+        except Exception as exc:  # an unexpected fault still ends as a visible Error, not a hang
+            log.exception("workflow=%s %s crashed", name, state)
+            updates, outcome = {}, {"ready": False, "status": "Error", "message": f"internal error: {exc!r}"}
+        with self.store.transaction() as conn:
+            current = self.store.read_workflow(conn, name)
+            if current is None:
+                raise WorkflowNotFound(f"workflow {name} not found")
+            if current["spec"]["desiredState"] != state:
+                return current  # someone moved on (a hurry teardown): their result stands
+            status = current["status"]
+            status.update(updates)
+            status.update(outcome)
+            status["readyChange"] = _now()
+            self.store.write_workflow(conn, current)
+            self.store.set_lease(conn, name, None)
+        return current
+
+    def wait_for(
+        self, name: str, state: str, *, timeout: float, cancel: threading.Event | None = None
+    ) -> dict[str, Any]:
+        """States run inline, so this only waits when another live process runs the state."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            obj = self.get(name)
+            if is_state_complete(obj, state) or obj["status"].get("status") == "Error":
+                return obj
+            if obj["spec"]["desiredState"] != state:
+                return obj
+            resumed = self.resume(name)
+            if resumed is not None:
+                return resumed
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"stopped waiting for workflow {name} to reach {state}")
+            if time.monotonic() >= deadline:
+                raise WorkflowTimeout(name, state, timeout)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def delete(self, name: str) -> None:
+        with self.store.transaction() as conn:
+            self.store.delete_workflow(conn, name)
+        log.info("workflow=%s deleted", name)
+
+    # --- extras ----------------------------------------------------------------------------
+    def read_token(self, obj: dict[str, Any]) -> str | None:
+        ref = (obj.get("status") or {}).get("workflowToken") or {}
+        if not ref.get("secretName"):
+            return None
+        secret = self.store.get_secret(ref["secretName"])
+        return secret.get("token") if secret else None
+
+    def set_computes(self, name: str, hosts: list[str]) -> None:
+        with self.store.transaction() as conn:
+            obj = self.store.read_workflow(conn, name)
+            if obj is None:
+                raise WorkflowNotFound(f"workflow {name} not found")
+            obj["status"]["computes"] = {"name": name, "data": [{"name": h} for h in hosts]}
+            self.store.write_workflow(conn, obj)
+
+    def pools(self) -> list[Pool]:
+        size = self.config.pool_size
+        if size is None:
+            self.config.root.mkdir(parents=True, exist_ok=True)
+            size = shutil.disk_usage(self.config.root).total
+        return [Pool(self.config.pool_name, int(size), self.config.pool_granularity)]

@@ -1,0 +1,238 @@
+"""The local backend's state: one SQLite database (WAL) under the root, safe for many processes.
+
+Every change is one short IMMEDIATE transaction. The database is root-only (0600): it holds the
+per-workflow token keys, which a job's user must never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS workflows (
+    name TEXT PRIMARY KEY,
+    obj TEXT NOT NULL,
+    created REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    lease_pid INTEGER,
+    lease_start TEXT
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processes (
+    workflow TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    start TEXT NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (workflow, kind, pid)
+);
+CREATE TABLE IF NOT EXISTS persistent (
+    name TEXT PRIMARY KEY,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    created REAL NOT NULL,
+    workflow TEXT NOT NULL
+);
+"""
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/pid/stat), None if gone or a zombie.
+
+    A pid and its start time together name one process, so a recycled pid is never mistaken for it.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def is_alive(pid: int | None, start: str | None) -> bool:
+    return pid is not None and start is not None and process_start_time(pid) == start
+
+
+@dataclass
+class ProcessRecord:
+    workflow: str
+    kind: str
+    pid: int
+    start: str
+    info: dict[str, Any]
+
+
+class Store:
+    """Typed access to the database; one connection per Store (per process)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "state.db"
+        root.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        if fresh:
+            os.chmod(self.path, 0o600)
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self.transaction() as conn:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: the write lock is taken up front, so read-modify-write is safe."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    # --- workflows -------------------------------------------------------------------------
+    def insert_workflow(self, conn: sqlite3.Connection, obj: dict[str, Any]) -> bool:
+        try:
+            conn.execute(
+                "INSERT INTO workflows (name, obj, created) VALUES (?, ?, ?)",
+                (obj["metadata"]["name"], json.dumps(obj), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def read_workflow(self, conn: sqlite3.Connection | None, name: str) -> dict[str, Any] | None:
+        row = (conn or self._conn).execute("SELECT obj FROM workflows WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def write_workflow(self, conn: sqlite3.Connection, obj: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE workflows SET obj = ?, version = version + 1 WHERE name = ?",
+            (json.dumps(obj), obj["metadata"]["name"]),
+        )
+
+    def delete_workflow(self, conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("DELETE FROM workflows WHERE name = ?", (name,))
+        conn.execute("DELETE FROM secrets WHERE workflow = ?", (name,))
+        conn.execute("DELETE FROM processes WHERE workflow = ?", (name,))
+
+    def list_workflows(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute("SELECT obj FROM workflows ORDER BY created").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def set_lease(self, conn: sqlite3.Connection, name: str, pid: int | None) -> None:
+        start = process_start_time(pid) if pid else None
+        conn.execute("UPDATE workflows SET lease_pid = ?, lease_start = ? WHERE name = ?", (pid, start, name))
+
+    def lease_alive(self, conn: sqlite3.Connection | None, name: str) -> bool:
+        row = (
+            (conn or self._conn)
+            .execute("SELECT lease_pid, lease_start FROM workflows WHERE name = ?", (name,))
+            .fetchone()
+        )
+        return bool(row) and is_alive(row[0], row[1])
+
+    # --- secrets ---------------------------------------------------------------------------
+    def put_secret(self, conn: sqlite3.Connection, name: str, workflow: str, data: dict[str, str]) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO secrets (name, workflow, data) VALUES (?, ?, ?)",
+            (name, workflow, json.dumps(data)),
+        )
+
+    def get_secret(self, name: str) -> dict[str, str] | None:
+        row = self._conn.execute("SELECT data FROM secrets WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete_secrets(self, conn: sqlite3.Connection, workflow: str) -> None:
+        conn.execute("DELETE FROM secrets WHERE workflow = ?", (workflow,))
+
+    # --- processes started for a workflow (copies, copy-offload servers) --------------------
+    def add_process(self, workflow: str, kind: str, pid: int, info: dict[str, Any] | None = None) -> bool:
+        start = process_start_time(pid)
+        if start is None:
+            return False
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO processes (workflow, kind, pid, start, info) VALUES (?, ?, ?, ?, ?)",
+                (workflow, kind, pid, start, json.dumps(info or {})),
+            )
+        return True
+
+    def remove_process(self, workflow: str, kind: str, pid: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM processes WHERE workflow = ? AND kind = ? AND pid = ?", (workflow, kind, pid)
+            )
+
+    def processes(self, workflow: str, kind: str | None = None) -> list[ProcessRecord]:
+        query = "SELECT workflow, kind, pid, start, info FROM processes WHERE workflow = ?"
+        params: tuple[Any, ...] = (workflow,)
+        if kind is not None:
+            query += " AND kind = ?"
+            params += (kind,)
+        rows = self._conn.execute(query, params).fetchall()
+        return [ProcessRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    # --- persistent storage instances ------------------------------------------------------
+    def get_persistent(self, name: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT name, uid, gid, type, capacity, path, workflow FROM persistent WHERE name = ?", (name,)
+        ).fetchone()
+        if not row:
+            return None
+        keys = ("name", "uid", "gid", "type", "capacity", "path", "workflow")
+        return dict(zip(keys, row, strict=True))
+
+    def add_persistent(self, conn: sqlite3.Connection, record: dict[str, Any]) -> bool:
+        try:
+            conn.execute(
+                "INSERT INTO persistent (name, uid, gid, type, capacity, path, created, workflow)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record["name"],
+                    record["uid"],
+                    record["gid"],
+                    record["type"],
+                    record["capacity"],
+                    record["path"],
+                    time.time(),
+                    record["workflow"],
+                ),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def delete_persistent(self, conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("DELETE FROM persistent WHERE name = ?", (name,))
+
+    def reserved_capacity(self) -> int:
+        """Bytes promised to live workflows and persistent instances (for capacity checks)."""
+        total = 0
+        for obj in self.list_workflows():
+            total += int((obj.get("status") or {}).get("capacity", 0))
+        row = self._conn.execute("SELECT COALESCE(SUM(capacity), 0) FROM persistent").fetchone()
+        return total + int(row[0])
