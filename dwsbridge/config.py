@@ -35,6 +35,8 @@ class Config:
     copy_offload_profiles: Path | None = None  # dmProfile YAML for copy-offload servers
     compute_name: str = "localhost"  # local backend: the host name jobs reach the copy-offload server by
     flux_presets: dict[str, str] = field(default_factory=dict)  # -S dw=NAME -> directives
+    # copy_in/copy_out `profile=NAME` -> data mover options, e.g. {"workers": 8, "bwlimit": 104857600}
+    data_movement_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     log_level: str = "info"
 
     @property
@@ -101,6 +103,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return parse_size(value)
         if key in ("state_timeout", "transient_timeout"):
             return float(value)
+        if key == "data_movement_profiles":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ValueError("must map each profile name to a mapping of mover options")
+            return {str(k): dict(v) for k, v in value.items()}
         if key == "flux_presets":
             if not isinstance(value, dict):
                 raise ValueError("must be a mapping of preset name to directives")

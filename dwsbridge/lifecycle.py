@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import logging
 import threading
@@ -143,16 +144,16 @@ class Lifecycle:
     def status(self, name: str) -> WorkflowStatus:
         return WorkflowStatus.of(self.backend.get(name))
 
-    def list(self) -> list[WorkflowStatus]:
+    def list(self) -> builtins.list[WorkflowStatus]:
         return [WorkflowStatus.of(obj) for obj in self.backend.list()]
 
     def exists(self, name: str) -> bool:
         return self.backend.find(name) is not None
 
-    def set_computes(self, name: str, hosts: list[str]) -> None:
+    def set_computes(self, name: str, hosts: builtins.list[str]) -> None:
         self.backend.set_computes(name, hosts)
 
-    def pools(self) -> list[Pool]:
+    def pools(self) -> builtins.list[Pool]:
         return self.backend.pools()
 
     def teardown(self, name: str, *, hurry: bool = False, quiet: bool = False) -> None:

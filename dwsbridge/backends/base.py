@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,14 +53,14 @@ class Backend(Protocol):
         """The JWT from the secret status.workflowToken names, or None when there is none."""
         ...
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> builtins.list[dict[str, Any]]:
         """Every Workflow this bridge manages."""
         ...
 
-    def set_computes(self, name: str, hosts: list[str]) -> None:
+    def set_computes(self, name: str, hosts: builtins.list[str]) -> None:
         """Fill the Computes object with the job's nodes (before PreRun)."""
         ...
 
-    def pools(self) -> list[Pool]:
+    def pools(self) -> builtins.list[Pool]:
         """Capacity to report to the WLM."""
         ...

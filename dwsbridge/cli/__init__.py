@@ -16,6 +16,7 @@ from dwsbridge.errors import DwsBridgeError
 COMMAND_MODULES = (
     "dwsbridge.cli.validate",
     "dwsbridge.cli.admin",
+    "dwsbridge.cli.slurm",
 )
 
 EPILOG = """\

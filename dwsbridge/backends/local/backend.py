@@ -7,6 +7,7 @@ caller sees that and can run the state again or tear down.
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import logging
 import os
@@ -67,7 +68,7 @@ class LocalBackend:
         from dwsbridge.errors import DirectiveError
 
         try:
-            errors = check_job(texts, ruleset=RuleSet.load(self.config.ruleset), cross=False)[1]
+            errors = check_job(texts, ruleset=RuleSet.load(self.config.ruleset))[1]
         except DirectiveError as exc:
             errors = [exc]
         if errors:
@@ -82,7 +83,7 @@ class LocalBackend:
     def find(self, name: str) -> dict[str, Any] | None:
         return self.store.read_workflow(None, name)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> builtins.list[dict[str, Any]]:
         return self.store.list_workflows()
 
     # --- state changes ---------------------------------------------------------------------
@@ -185,7 +186,7 @@ class LocalBackend:
         secret = self.store.get_secret(ref["secretName"])
         return secret.get("token") if secret else None
 
-    def set_computes(self, name: str, hosts: list[str]) -> None:
+    def set_computes(self, name: str, hosts: builtins.list[str]) -> None:
         with self.store.transaction() as conn:
             obj = self.store.read_workflow(conn, name)
             if obj is None:
@@ -193,7 +194,7 @@ class LocalBackend:
             obj["status"]["computes"] = {"name": name, "data": [{"name": h} for h in hosts]}
             self.store.write_workflow(conn, obj)
 
-    def pools(self) -> list[Pool]:
+    def pools(self) -> builtins.list[Pool]:
         size = self.config.pool_size
         if size is None:
             self.config.root.mkdir(parents=True, exist_ok=True)

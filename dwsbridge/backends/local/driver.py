@@ -105,13 +105,8 @@ class LocalDriver:
 
     # --- Proposal --------------------------------------------------------------------------
     def proposal(self, obj: dict[str, Any]) -> dict[str, Any]:
-        from dwsbridge.directives import RuleSet, check_job
-
+        """Directives were checked at admission; here: storage that must (not) exist, capacity."""
         self.ensure_layout()
-        texts = list(obj["spec"]["dwDirectives"])
-        _, errors = check_job(texts, ruleset=RuleSet.load(self.config.ruleset))
-        if errors:
-            raise DriverError("; ".join(e.render() for e in errors))
         uid = int(obj["spec"]["userID"])
         capacity = 0
         for d in self.directives(obj):
@@ -303,7 +298,8 @@ class LocalDriver:
                     os.killpg(pid, signal.SIGKILL)  # a teardown overtook us while the copy started
 
             try:
-                copy_as_user(source, dest, uid=uid, gid=gid, on_child=register)
+                options = self.copy_options(d)
+                copy_as_user(source, dest, uid=uid, gid=gid, options=options, on_child=register)
             except CopyCancelled as exc:
                 raise DriverError(f"{d.text}: copy cancelled: {exc}") from exc
             except CopyError as exc:
@@ -311,6 +307,22 @@ class LocalDriver:
             finally:
                 for pid in children:
                     self.store.remove_process(name, "copy", pid)
+
+    def copy_options(self, d: ParsedDirective) -> Any:
+        """Mover options from the directive's `profile=` (config data_movement_profiles)."""
+        from copyoffload.mover import CopyOptions
+
+        profile = d.arg("profile")
+        if not profile:
+            return CopyOptions()
+        settings = self.config.data_movement_profiles.get(profile)
+        if settings is None:
+            known = ", ".join(sorted(self.config.data_movement_profiles)) or "none configured"
+            raise DriverError(f"{d.text}: unknown data movement profile '{profile}' (known: {known})")
+        try:
+            return CopyOptions(**settings)
+        except TypeError as exc:
+            raise DriverError(f"{d.text}: data movement profile '{profile}' is invalid: {exc}") from exc
 
     @staticmethod
     def resolve_path(path: str, env: dict[str, str], d: ParsedDirective) -> str:
@@ -345,7 +357,7 @@ class LocalDriver:
         self.stop_processes(name, None)
         wf_dir = self.jobs_dir / name
         if wf_dir.exists():
-            shutil.rmtree(wf_dir, onexc=lambda _f, p, e: problems.append(f"cannot remove {p}: {e}"))
+            shutil.rmtree(wf_dir, onerror=lambda _f, p, e: problems.append(f"cannot remove {p}: {e[1]}"))
         secrets = self.secrets_dir / name
         if secrets.exists():
             shutil.rmtree(secrets, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a local-backend root that ordinary users can traverse, and ordinary test users."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dwsbridge.config import Config
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (creates users, drops privileges)")
+
+
+def ensure_user(name: str) -> pwd.struct_passwd:
+    """An ordinary user for tests (created once; left in place for later runs)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=False, capture_output=True)
+        return pwd.getpwnam(name)
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A temporary directory every user can traverse (pytest's tmp_path is 0700 under root)."""
+    path = Path(tempfile.mkdtemp(prefix="dwsbt-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def local_config(world_tmp: Path) -> Config:
+    root = world_tmp / "root"
+    return Config(root=root, state_timeout=60.0)
+
+
+@pytest.fixture
+def job_user() -> pwd.struct_passwd:
+    if not IS_ROOT:
+        pytest.skip("needs root to create an ordinary user")
+    return ensure_user("dwsbt-user1")
+
+
+@pytest.fixture
+def other_user() -> pwd.struct_passwd:
+    if not IS_ROOT:
+        pytest.skip("needs root to create an ordinary user")
+    return ensure_user("dwsbt-user2")
+
+
+def user_dir(path: Path, user: pwd.struct_passwd, mode: int = 0o755) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    os.chmod(path, mode)
+    return path
+
+
+def user_file(path: Path, user: pwd.struct_passwd, data: bytes, mode: int = 0o644) -> Path:
+    path.write_bytes(data)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    os.chmod(path, mode)
+    return path
