@@ -39,6 +39,12 @@ class Config:
     data_movement_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     log_level: str = "info"
 
+    def __post_init__(self) -> None:
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+
     @property
     def tls_dir(self) -> Path:
         return self.copy_offload_cert_dir or self.root / "tls"

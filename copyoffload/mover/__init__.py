@@ -1,0 +1,48 @@
+"""The data mover: a parallel `cp -a` for files and trees, run as the job's user.
+
+Semantics (see BENCHMARKS.md for speed):
+
+- Destination: if `dest` is an existing directory (or a symlink to one), `src` is copied to
+  `dest/basename(src)`; otherwise `dest` is created and its parent must already exist (like `cp -a`;
+  parents are never created). A trailing slash on `src` changes nothing. Existing directories are merged;
+  existing non-directories are replaced atomically; a directory never replaces a file or vice versa.
+- Preserved: contents, mode (incl. setuid/setgid/sticky where the kernel allows), atime/mtime in ns,
+  symlinks as symlinks (never followed, never written through), hard links within the copy, holes of sparse
+  files (SEEK_DATA/SEEK_HOLE; dense copy where unsupported). Owner and group only when the copying
+  process is root (otherwise the copying user owns the copy). Not copied: xattrs, ACLs.
+- Special files: fifos are recreated; sockets and device nodes are skipped with a warning in
+  `CopyResult.warnings` (recreating device nodes from user data as root would hand out device access).
+- Partial files: files above `CopyOptions.atomic_min_size` (1 MiB) are written under a hidden temporary
+  name (`.NAME.<pid>-<n>.dwsb-part`) and renamed into place when complete; smaller files (copied in one
+  kernel call) are created in place. On error or cancellation the file in flight is removed before the call
+  returns, so no incomplete file remains under its final name. A process killed with SIGKILL can leave
+  temporary `.dwsb-part` files, and at worst `workers` small files under their final names.
+- Progress: the walk is streamed (bounded queue), so totals grow while `Progress.scan_complete` is False;
+  `percent` reaches 100 only in the final report, which always comes.
+- Errors stop the copy at the first failure (`CopyError`, message `cannot <verb> <path>: <reason>`);
+  directory modes and times are applied last, only when everything else succeeded.
+"""
+
+from copyoffload.mover.child import copy_as_user
+from copyoffload.mover.model import (
+    DEFAULT_OPTIONS,
+    CopyCancelled,
+    CopyError,
+    CopyOptions,
+    CopyResult,
+    Progress,
+    default_workers,
+)
+from copyoffload.mover.tree import copy_tree
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "CopyCancelled",
+    "CopyError",
+    "CopyOptions",
+    "CopyResult",
+    "Progress",
+    "copy_as_user",
+    "copy_tree",
+    "default_workers",
+]

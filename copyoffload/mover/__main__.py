@@ -1,0 +1,121 @@
+"""`python -m copyoffload.mover SRC DEST [--workers N] [--dry-run] [--json-progress]`.
+
+Exit status: 0 copied, 1 copy error, 2 usage, 3 refused to run (privileges), 130 cancelled (SIGTERM/SIGINT).
+With --json-progress, stdout carries the JSON-lines protocol `copy_as_user` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from copyoffload.mover.model import CopyCancelled, CopyError, CopyOptions, Progress
+from copyoffload.mover.tree import copy_tree
+from copyoffload.privileges import PrivilegeError, verify_dropped
+
+Emit = Callable[[dict[str, object]], None]
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = CopyOptions()
+    p = argparse.ArgumentParser(
+        prog="python -m copyoffload.mover", description="Copy like cp -a, in parallel."
+    )
+    p.add_argument("src")
+    p.add_argument("dest")
+    p.add_argument("--workers", type=int, default=defaults.workers)
+    p.add_argument("--dry-run", action="store_true", help="walk and count; write nothing")
+    p.add_argument("--bwlimit", type=int, default=0, metavar="BYTES", help="bytes per second (0: unlimited)")
+    p.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (progress, result)")
+    p.add_argument("--progress-interval", type=float, default=defaults.progress_interval)
+    p.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help=argparse.SUPPRESS)
+    p.add_argument("--atomic-min-size", type=int, default=defaults.atomic_min_size, help=argparse.SUPPRESS)
+    p.add_argument("--no-preserve-owner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--expect-uid", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--expect-gid", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    emit = _json_emitter() if args.json_progress else _text_emitter()
+    if args.expect_uid is not None:
+        try:
+            verify_dropped(args.expect_uid, args.expect_gid if args.expect_gid is not None else -1)
+        except PrivilegeError as exc:
+            emit({"event": "error", "kind": "copy", "message": f"refusing to copy: {exc}"})
+            return 3
+    cancel = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        options = CopyOptions(
+            workers=args.workers,
+            dry_run=args.dry_run,
+            preserve_owner=not args.no_preserve_owner,
+            progress_interval=args.progress_interval,
+            chunk_size=args.chunk_size,
+            atomic_min_size=args.atomic_min_size,
+            bwlimit=args.bwlimit,
+        )
+    except ValueError as exc:
+        emit({"event": "error", "kind": "copy", "message": str(exc)})
+        return 2
+
+    def on_progress(p: Progress) -> None:
+        emit({"event": "progress", **p.to_dict()})
+
+    try:
+        result = copy_tree(args.src, args.dest, options=options, progress=on_progress, cancel=cancel)
+    except CopyCancelled as exc:
+        emit({"event": "error", "kind": "cancelled", "message": str(exc)})
+        return 130
+    except CopyError as exc:
+        emit({"event": "error", "kind": "copy", "message": str(exc), "path": exc.path})
+        return 1
+    emit({"event": "result", **result.to_dict()})
+    return 0
+
+
+def _json_emitter() -> Emit:
+    lock = threading.Lock()
+
+    def emit(event: dict[str, object]) -> None:
+        with lock:
+            sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+
+    return emit
+
+
+def _text_emitter() -> Emit:
+    def emit(event: dict[str, object]) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            print(
+                f"{event['percent']:5.1f}% {event['files_done']}/{event['files_total']} files "
+                f"{event['bytes_done']}/{event['bytes_total']} bytes",
+                file=sys.stderr,
+            )
+        elif kind == "result":
+            print(f"copied {event['files']} files, {event['dirs']} directories, {event['bytes']} bytes")
+            warnings = event.get("warnings")
+            for warning in warnings if isinstance(warnings, list) else []:
+                print(f"warning: {warning}", file=sys.stderr)
+        else:
+            print(f"error: {event.get('message')}", file=sys.stderr)
+
+    return emit
+
+
+if __name__ == "__main__":
+    sys.exit(main())
