@@ -40,7 +40,7 @@ unit: install
 test: install lint typecheck unit
 
 demo: install
-	$(PY) -m dwsbridge.demo
+	bash examples/demo.sh
 
 bench: install
 	$(PY) -m bench.run
