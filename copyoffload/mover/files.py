@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import threading
 import time
 from collections.abc import Callable
 
 # copy_file_range/sendfile refuse some file pairs (other filesystems, special files, old kernels): fall back.
-_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}
+UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}
 _BUFFER = 1024 * 1024
+_temp_counter = itertools.count()
+
+
+def temp_name(dest: str) -> str:
+    """The hidden name a file is written under before it is renamed to `dest` (same directory)."""
+    head, name = os.path.split(dest)
+    return os.path.join(head, f".{name}.{os.getpid()}-{next(_temp_counter)}.dwsb-part")
 
 
 class ByteMover:
@@ -30,7 +38,7 @@ class ByteMover:
             return
         if blocks * 512 < size and self._copy_sparse(fi, fo, size, on_chunk):
             return
-        self._copy_range(fi, fo, 0, size, on_chunk)
+        self.copy_range(fi, fo, 0, size, on_chunk)
 
     def _copy_sparse(self, fi: int, fo: int, size: int, on_chunk: Callable[[int], None]) -> bool:
         try:
@@ -47,7 +55,7 @@ class ByteMover:
             end = min(end, size)
             if start > done:
                 on_chunk(start - done)  # a hole counts as done
-            self._copy_range(fi, fo, start, end - start, on_chunk)
+            self.copy_range(fi, fo, start, end - start, on_chunk)
             done = end
             try:
                 start = os.lseek(fi, end, os.SEEK_DATA)
@@ -60,9 +68,7 @@ class ByteMover:
             on_chunk(size - done)
         return True
 
-    def _copy_range(
-        self, fi: int, fo: int, offset: int, length: int, on_chunk: Callable[[int], None]
-    ) -> None:
+    def copy_range(self, fi: int, fo: int, offset: int, length: int, on_chunk: Callable[[int], None]) -> None:
         end = offset + length
         pos = offset
         while pos < end:
@@ -79,7 +85,7 @@ class ByteMover:
             try:
                 return os.copy_file_range(fi, fo, want, pos, pos)
             except OSError as exc:
-                if exc.errno not in _UNSUPPORTED:
+                if exc.errno not in UNSUPPORTED:
                     raise
                 self.use_copy_file_range = False
         if self.use_sendfile:
@@ -87,7 +93,7 @@ class ByteMover:
                 os.lseek(fo, pos, os.SEEK_SET)
                 return os.sendfile(fo, fi, pos, want)
             except OSError as exc:
-                if exc.errno not in _UNSUPPORTED:
+                if exc.errno not in UNSUPPORTED:
                     raise
                 self.use_sendfile = False
         data = os.pread(fi, min(want, _BUFFER), pos)

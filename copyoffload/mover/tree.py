@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import os
 import queue
 import stat
@@ -12,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from copyoffload.mover.files import ByteMover
+from copyoffload.mover.files import ByteMover, temp_name
 from copyoffload.mover.model import (
     DEFAULT_OPTIONS,
     CopyCancelled,
@@ -22,10 +21,10 @@ from copyoffload.mover.model import (
     Progress,
     os_failure,
 )
+from copyoffload.mover.pool import TASK_NAME_BYTES, TASK_NAMES, Pool, WorkerConfig, WorkerDied
 
 _BATCH_FILES = 64
 _BATCH_BYTES = 64 * 1024 * 1024
-_temp_counter = itertools.count()
 
 Entry = tuple[str, str, os.stat_result]  # source path, destination path, source lstat
 
@@ -99,6 +98,22 @@ class _TreeCopy:
             raise os_failure("stat", self.src, exc) from None
         target = resolve_target(self.src, self.dest)
         self._check_target(st, target)
+        if stat.S_ISDIR(st.st_mode) and not self.options.dry_run and not self.options.bwlimit:
+            pool = Pool(
+                self.options.workers,
+                WorkerConfig(
+                    chunk_size=self.options.chunk_size,
+                    atomic_min_size=self.options.atomic_min_size,
+                    preserve_owner=self.preserve_owner,
+                    progress_interval=self.options.progress_interval,
+                ),
+            )
+            try:
+                pool.start()
+            except OSError:
+                pass  # cannot fork (process limit): the thread pool below still copies
+            else:
+                return self._run_pool(pool, target, st)
         threads = [] if self.options.dry_run else self._start_workers()
         try:
             try:
@@ -120,6 +135,9 @@ class _TreeCopy:
                 self._finish_dirs()
         except BaseException as exc:
             self._fail(exc)
+        return self._result()
+
+    def _result(self) -> CopyResult:
         self._raise_if_stopped()
         self._report(finished=True)
         return CopyResult(
@@ -180,6 +198,120 @@ class _TreeCopy:
             )
         self.progress_cb(snapshot)
 
+    # -- the process pool (directories, no bandwidth limit) ---------------------------------------------
+
+    def _run_pool(self, pool: Pool, target: str, st: os.stat_result) -> CopyResult:
+        """Walk directories here; forked workers copy the entries (see pool.py); rare entries come back."""
+        self.pool = pool
+        self.pending_scans = 0
+        self.walk_done = False
+        self.deferred: list[Entry] = []
+        try:
+            try:
+                self._make_dir(self.src, target, st)
+                self._walk(target)
+                self.walk_done = True
+                self._update_scan_complete()
+                pool.finish()
+                while pool.live:
+                    self._pump(self._wait_interval())
+            finally:
+                pool.close()
+            self._raise_if_stopped()
+            for src, dest, est in self.deferred:
+                self._copy_entry(src, dest, est)
+            self._finish_links()
+            self._finish_dirs()
+        except BaseException as exc:
+            self._fail(exc)
+        with self.lock:
+            self.scan_complete = True
+        return self._result()
+
+    def _walk(self, target: str) -> None:
+        stack = [(self.src, target)]
+        while stack:
+            src_dir, dest_dir = stack.pop()
+            names: list[str] = []
+            size = 0
+            try:
+                with os.scandir(src_dir) as entries:
+                    for entry in entries:
+                        self._check_stop()
+                        try:
+                            is_dir = entry.is_dir(follow_symlinks=False)
+                            est = entry.stat(follow_symlinks=False) if is_dir else None
+                        except OSError as exc:
+                            raise os_failure("stat", entry.path, exc) from None
+                        if est is not None:
+                            d = os.path.join(dest_dir, entry.name)
+                            self._make_dir(entry.path, d, est)
+                            stack.append((entry.path, d))
+                            continue
+                        names.append(entry.name)
+                        size += len(entry.name)
+                        if len(names) >= TASK_NAMES or size >= TASK_NAME_BYTES:
+                            self._submit((src_dir, dest_dir, names))
+                            names = []
+                            size = 0
+            except OSError as exc:
+                raise os_failure("read directory", src_dir, exc) from None
+            if names:
+                self._submit((src_dir, dest_dir, names))
+
+    def _submit(self, task: tuple[str, str, list[str]]) -> None:
+        with self.lock:
+            self.files_total += len(task[2])
+        self.pending_scans += 1
+        self._pump(0)
+        while not self.pool.try_submit(task):
+            self._pump(self._wait_interval())
+
+    def _wait_interval(self) -> float:
+        return min(0.1, max(0.01, self.options.progress_interval))
+
+    def _pump(self, timeout: float) -> None:
+        """Apply the workers' messages; raise the first error; report progress; honour cancellation."""
+        try:
+            messages = self.pool.pump(timeout)
+        except WorkerDied as exc:
+            if self.cancel.is_set():
+                raise _Stopped from None
+            raise CopyError(f"copy of {self.src} failed: {exc}", path=self.src) from None
+        for message in messages:
+            kind = message[0]
+            if kind == "scan":
+                with self.lock:
+                    self.bytes_total += message[1]
+                self.pending_scans -= 1
+                self._update_scan_complete()
+            elif kind == "bytes":
+                with self.lock:
+                    self.bytes_done += message[1]
+            elif kind == "done":
+                _, files, nbytes, symlinks, deferred = message
+                with self.lock:
+                    self.files_done += files
+                    self.bytes_done += nbytes
+                    self.symlinks += symlinks
+                    for src, dest, est in deferred:
+                        if self._count_links(dest, est):
+                            self.deferred.append((src, dest, est))
+            elif kind == "error":
+                _, text, path, errno = message
+                raise CopyError(str(text), path=str(path), errno=errno if isinstance(errno, int) else None)
+            elif kind == "crash":
+                crash = f"copy of {self.src} failed: a copy worker crashed:\n{message[1]}"
+                raise CopyError(crash, path=self.src)
+            elif kind == "stopped":
+                self.stop.set()
+        self._report()
+        self._check_stop()
+
+    def _update_scan_complete(self) -> None:
+        with self.lock:
+            self.scan_complete = self.walk_done and self.pending_scans == 0
+
     # -- the walk (calling thread) ---------------------------------------------------------------------
 
     def _scan(self, src: str, target: str, st: os.stat_result) -> None:
@@ -223,17 +355,8 @@ class _TreeCopy:
         """Count one non-directory entry and queue it; links to an already-seen inode wait for the end."""
         with self.lock:
             self.files_total += 1
-            if stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and key in self.first_link:
-                    if self.options.dry_run:
-                        self.files_done += 1
-                    else:
-                        self.later_links.append((self.first_link[key], dest))
-                    return
-                if st.st_nlink > 1:
-                    self.first_link[key] = dest
-                self.bytes_total += st.st_size
+            if not self._count_links(dest, st):
+                return
         if self.options.dry_run:
             with self.lock:
                 self.files_done += 1
@@ -241,6 +364,21 @@ class _TreeCopy:
                 self.symlinks += stat.S_ISLNK(st.st_mode)
             return
         batch.append((src, dest, st))
+
+    def _count_links(self, dest: str, st: os.stat_result) -> bool:
+        """Hard links: False for a later link to an inode already seen (linked at the end). Holds the lock."""
+        if stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.first_link:
+                if self.options.dry_run:
+                    self.files_done += 1
+                else:
+                    self.later_links.append((self.first_link[key], dest))
+                return False
+            if st.st_nlink > 1:
+                self.first_link[key] = dest
+            self.bytes_total += st.st_size
+        return True
 
     def _flush(self, batch: list[Entry]) -> None:
         if batch and not self.options.dry_run:
@@ -336,7 +474,7 @@ class _TreeCopy:
                 except OSError as exc:
                     raise os_failure("create", dest, exc) from None
             if atomic:
-                path = _temp_name(dest)
+                path = temp_name(dest)
                 try:
                     fo = os.open(path, flags, 0o600)
                 except OSError as exc:
@@ -385,7 +523,7 @@ class _TreeCopy:
             pass
         except OSError as exc:
             raise os_failure(verb, dest, exc) from None
-        temp = _temp_name(dest)
+        temp = temp_name(dest)
         try:
             create(temp)
             os.replace(temp, dest)
@@ -426,11 +564,6 @@ class _TreeCopy:
         """Directory modes and times last and deepest first: writing entries changes a directory's mtime."""
         for dest, st in reversed(self.dir_attrs):
             self._set_attrs(dest, st)
-
-
-def _temp_name(dest: str) -> str:
-    head, name = os.path.split(dest)
-    return os.path.join(head, f".{name}.{os.getpid()}-{next(_temp_counter)}.dwsb-part")
 
 
 def _unlink_quietly(path: str) -> None:

@@ -1,0 +1,167 @@
+"""Request and response bodies of the v1.0 API, decoded and encoded as upstream's Go server does.
+
+Every non-empty body ends with a newline: the upstream C client crashes on one that does not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from copyoffload.jobs import CopyRequest
+
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """First value of a header, by lower-case name (as Go's Header.Get)."""
+        return self.headers.get(name)
+
+
+@dataclass
+class Response:
+    code: int
+    body: bytes = b""
+    content_type: str = TEXT
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
+
+
+def text(code: int, message: str) -> Response:
+    """A text/plain response whose body ends with exactly one newline (http.Error + Fprintln)."""
+    body = message if message.endswith("\n") else message + "\n"
+    return Response(code, body.encode("utf-8"), TEXT, [("X-Content-Type-Options", "nosniff")])
+
+
+def ok_text(message: str) -> Response:
+    return Response(200, (message if message.endswith("\n") else message + "\n").encode("utf-8"))
+
+
+def empty(code: int = 200) -> Response:
+    return Response(code, b"")
+
+
+def json_line(obj: Any) -> Response:
+    """Compact JSON plus newline, HTML-escaped like Go's json.Encoder."""
+    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Response(200, (data + "\n").encode("utf-8"), JSON)
+
+
+# The DMRequest fields: JSON name -> (CopyRequest attribute, Go type).
+_FIELDS: dict[str, tuple[str, str]] = {
+    "computeName": ("compute_name", "string"),
+    "workflowName": ("workflow_name", "string"),
+    "workflowNamespace": ("workflow_namespace", "string"),
+    "sourcePath": ("source_path", "string"),
+    "destinationPath": ("destination_path", "string"),
+    "dryrun": ("dryrun", "bool"),
+    "dcpOptions": ("dcp_options", "string"),
+    "logStdout": ("log_stdout", "bool"),
+    "storeStdout": ("store_stdout", "bool"),
+    "slots": ("slots", "int32"),
+    "maxSlots": ("max_slots", "int32"),
+    "dmProfile": ("dm_profile", "string"),
+    "mpirunOptions": ("mpirun_options", "string"),
+}
+_FOLDED = {k.lower(): k for k in _FIELDS}
+
+
+class BodyError(Exception):
+    """The body is not a DMRequest; the text follows Go's encoding/json where it matters."""
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def decode_copy_request(body: bytes) -> CopyRequest:
+    """Decode the first JSON value of the body like json.NewDecoder(body).Decode(&DMRequest{})."""
+    try:
+        textual = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("invalid character in request body (not UTF-8)") from None
+    start = len(textual) - len(textual.lstrip(" \t\r\n"))
+    if start == len(textual):
+        raise BodyError("EOF")
+    try:
+        value, _end = _DECODER.raw_decode(textual, start)
+    except RecursionError:
+        raise BodyError("exceeded max depth") from None
+    except ValueError as exc:
+        message = str(exc)
+        if isinstance(exc, json.JSONDecodeError) and exc.pos >= len(textual):
+            message = "unexpected EOF"
+        raise BodyError(message) from None
+    if value is None:
+        return CopyRequest()
+    if not isinstance(value, dict):
+        raise BodyError(f"json: cannot unmarshal {_json_kind(value)} into Go value of type driver.DMRequest")
+    values: dict[str, Any] = {}
+    seen_exact: set[str] = set()
+    for key, item in value.items():
+        name = key if key in _FIELDS else _FOLDED.get(key.lower())
+        if name is None:
+            continue
+        if name != key and name in seen_exact:
+            continue
+        if name == key:
+            seen_exact.add(name)
+        attr, go_type = _FIELDS[name]
+        if item is None:
+            continue
+        values[attr] = _convert(item, go_type, name)
+    return CopyRequest(**values)
+
+
+def _convert(item: Any, go_type: str, name: str) -> Any:
+    def fail() -> BodyError:
+        kind = _json_kind(item)
+        return BodyError(
+            f"json: cannot unmarshal {kind} into Go struct field DMRequest.{name} of type {go_type}"
+        )
+
+    if go_type == "string":
+        if not isinstance(item, str):
+            raise fail()
+        return item
+    if go_type == "bool":
+        if not isinstance(item, bool):
+            raise fail()
+        return item
+    if isinstance(item, bool) or not isinstance(item, int | float):
+        raise fail()
+    if isinstance(item, float):
+        raise BodyError(
+            f"json: cannot unmarshal number {item!r} into Go struct field DMRequest.{name} of type {go_type}"
+        )
+    if not -(2**31) <= item < 2**31:
+        raise BodyError(
+            f"json: cannot unmarshal number {item} into Go struct field DMRequest.{name} of type {go_type}"
+        )
+    return item
