@@ -695,8 +695,9 @@ def split_flux(dw: Any, presets: Mapping[str, str] | None = None) -> list[str]:
     """Flux's `attributes.system.dw` (a string or a list of strings) as single directives.
 
     As flux-coral2 does: each string may hold several directives and is split on "#DW "; every
-    non-blank piece is stripped and re-prefixed with "#DW ". A string that is exactly a preset's name
-    (`-S dw=NAME`) is replaced by that preset first.
+    non-blank piece is stripped and re-prefixed with "#DW ". A piece that already starts with "#DW"
+    (a bare "#DW", or "#DWjobdw") is kept as written, so it gets the same error a Slurm script would.
+    A string that is exactly a preset's name (`-S dw=NAME`) is replaced by that preset first.
     """
     if isinstance(dw, str):
         items: list[Any] = [dw]
@@ -714,5 +715,10 @@ def split_flux(dw: Any, presets: Mapping[str, str] | None = None) -> list[str]:
             )
         if presets and item.strip() in presets:
             item = presets[item.strip()]
-        out += [PREFIX + " " + piece.strip() for piece in item.split(PREFIX + " ") if piece.strip()]
+        for piece in item.split(PREFIX + " "):
+            piece = piece.strip()
+            if piece.startswith(PREFIX):  # "#DW" alone or "#DWjobdw": as written, failing as in a script
+                out.append(piece)
+            elif piece:
+                out.append(PREFIX + " " + piece)
     return out

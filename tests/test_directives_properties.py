@@ -169,7 +169,7 @@ def test_extraction_finds_only_prefixed_lines_in_order(text: str) -> None:
 @FAST
 @given(st.one_of(st.text(max_size=80), st.lists(st.text(max_size=40), max_size=4)))
 def test_flux_pieces_always_start_with_the_prefix(dw: str | list[str]) -> None:
-    assert all(piece.startswith("#DW ") and piece.strip() == piece for piece in split_flux(dw))
+    assert all(piece.startswith("#DW") and piece.strip() == piece for piece in split_flux(dw))
 
 
 json_like = st.recursive(

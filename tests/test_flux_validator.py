@@ -48,9 +48,6 @@ def test_validator_refuses_lines_that_are_not_dw_commands(directives: list[str],
     assert result is not None and result[0] == errno.EINVAL
 
 
-@pytest.mark.xfail(
-    strict=True, reason="split_flux re-prefixes a piece that lacks '#DW ' ('#DW' -> '#DW #DW')"
-)
 @pytest.mark.parametrize(("directives", "expected"), MALFORMED_PREFIX_CASES)
 def test_validator_text_for_malformed_prefixes_matches_slurm(directives: list[str], expected: str) -> None:
     assert flux_validate({"dw": directives}) == (errno.EINVAL, slurm_text(directives))
