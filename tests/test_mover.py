@@ -314,3 +314,122 @@ def test_module_entry_point_prints_json_lines(tree: Path, tmp_path: Path) -> Non
     events = [json.loads(line) for line in out.splitlines()]
     assert events[-1]["event"] == "result" and events[-1]["files"] == 19
     assert events[-2]["event"] == "progress" and events[-2]["percent"] == 100.0
+
+
+# -- the process pool (directory trees are copied by forked workers; see copyoffload/mover/pool.py) --------
+
+
+def _children() -> set[int]:
+    """Live (or unreaped) child processes of this process."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                found.add(int(entry))
+    return found
+
+
+def test_many_files_in_many_directories_are_copied_and_workers_reaped(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+    for f in range(600):  # more than one task's worth in one directory
+        (src / "d0" / f"f{f}").write_bytes(f.to_bytes(2, "big") * (f % 7))
+    for d in range(1, 4):
+        for f in range(20):
+            (src / f"d{d}" / f"g{f}").write_text(str(d * f))
+    seen: list[Progress] = []
+    before = _children()
+    result = copy_tree(src, tmp_path / "dest", options=CopyOptions(workers=3), progress=seen.append)
+    assert_same_tree(src, tmp_path / "dest")
+    assert (result.files, result.dirs) == (660, 5)
+    assert seen[-1].files_done == seen[-1].files_total == 660
+    assert _children() <= before
+
+
+def test_merge_replaces_existing_files_and_symlinks_atomically(tree: Path, tmp_path: Path) -> None:
+    (tree / "dir0" / "link").symlink_to("file1.bin")
+    (tmp_path / "into").mkdir()
+    copy_tree(tree, tmp_path / "into")
+    dest = tmp_path / "into" / "src"
+    (dest / "dir0" / "file1.bin").write_bytes(b"stale and longer than the source file " * 100)
+    (dest / "dir0" / "link").unlink()
+    (dest / "dir0" / "link").symlink_to("elsewhere")
+    (dest / "dir1" / "extra").write_text("kept")
+    copy_tree(tree, tmp_path / "into")  # merges into into/src
+    assert (dest / "dir0" / "file1.bin").read_bytes() == (tree / "dir0" / "file1.bin").read_bytes()
+    assert os.readlink(dest / "dir0" / "link") == "file1.bin"
+    assert (dest / "dir1" / "extra").read_text() == "kept"
+    assert not list(dest.rglob("*dwsb-part"))
+
+
+def test_hard_links_across_directories_and_to_outside_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    (src / "a" / "one").write_bytes(b"linked")
+    os.link(src / "a" / "one", src / "b" / "two")
+    (tmp_path / "outside").write_bytes(b"outer")
+    os.link(tmp_path / "outside", src / "b" / "three")
+    result = copy_tree(src, tmp_path / "dest")
+    dest = tmp_path / "dest"
+    assert (dest / "a" / "one").stat().st_ino == (dest / "b" / "two").stat().st_ino
+    assert (dest / "b" / "three").read_bytes() == b"outer"
+    assert (dest / "b" / "three").stat().st_nlink == 1
+    assert result.files == 3
+
+
+def test_modes_ignore_the_umask_and_keep_special_bits(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    modes = {"open": 0o777, "ro": 0o444, "none": 0o000, "setgid": 0o2750, "sticky": 0o1777}
+    for name, mode in modes.items():
+        (src / name).write_text(name)
+        (src / name).chmod(mode)
+    old = os.umask(0o077)
+    try:
+        copy_tree(src, tmp_path / "dest")
+    finally:
+        os.umask(old)
+    for name, mode in modes.items():
+        assert stat.S_IMODE((tmp_path / "dest" / name).lstat().st_mode) == mode, name
+
+
+def test_a_workers_error_names_the_path_and_stops_the_copy(tree: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    (dest / "src" / "dir1" / "file3.bin").mkdir(parents=True)  # a directory where a file must go
+    before = _children()
+    with pytest.raises(CopyError, match=r"cannot replace .*dest/src/dir1/file3.bin: Is a directory"):
+        copy_tree(tree, dest)
+    assert not list(dest.rglob("*dwsb-part"))
+    assert _children() <= before
+
+
+def test_bwlimit_copies_a_tree_with_the_thread_pool(tree: Path, tmp_path: Path) -> None:
+    result = copy_tree(tree, tmp_path / "dest", options=CopyOptions(bwlimit=1 << 30))
+    assert_same_tree(tree, tmp_path / "dest")
+    assert result.files == 19
+
+
+def test_sigterm_to_a_child_copy_removes_partial_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        with open(src / f"big{i}", "wb") as f:
+            f.write(os.urandom(1024 * 1024) * 24)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "copyoffload.mover", str(src), str(tmp_path / "dest"), "--json-progress"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the first progress event: workers are copying
+    os.killpg(proc.pid, 15)
+    assert proc.wait(10) == 130
+    assert not list((tmp_path / "dest").rglob("*dwsb-part"))

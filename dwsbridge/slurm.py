@@ -1,0 +1,587 @@
+"""Slurm adapter: burst_buffer.lua's hook arguments in, lifecycle calls, the result protocol out.
+
+`python -I -m dwsbridge.slurm HOOK ARGS...` is what every hook in burst_buffer.lua runs. Its output
+ends with one status line the Lua shim parses (Lua 5.1 cannot see an exit status):
+
+    <log lines, each "@@DWSBRIDGE log <text>">
+    <payload>\n
+    @@DWSBRIDGE rc=<0|1> len=<bytes of payload>
+
+rc=0 is slurm.SUCCESS with the payload (pools JSON, bbstat text); rc=1 is slurm.ERROR with the payload
+as the message Slurm shows (sbatch error, job reason, SystemComment).
+
+job_process, pools and paths run inside slurmctld and block it: they import only what they need
+(never the Kubernetes client) and never touch the network on the local backend. job_process also
+records the header of every script it accepted in a small cache file (ValidatedHeaders), so that
+burst_buffer.lua can accept the same header again without starting Python at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, NamedTuple
+
+from dwsbridge.errors import AdmissionError, DwsBridgeError
+
+if TYPE_CHECKING:
+    import logging
+
+    from dwsbridge.config import Config
+    from dwsbridge.lifecycle import Lifecycle, WorkflowStatus
+
+WLM = "slurm"
+MARK = "@@DWSBRIDGE"
+LOG_PREFIX = f"{MARK} log "
+NULL_POOL = "(null)"
+BBSTAT_USAGE = (
+    "Usage: scontrol show bbstat workflow <job-id>   (one job's workflow states)\n"
+    "       scontrol show bbstat [list]               (every Slurm workflow)"
+)
+NOT_DIGITS = "A job ID must contain only digits."
+
+LOGGER = "dwsbridge.slurm"
+
+
+class HookResult(NamedTuple):
+    """What a hook hands back to Slurm: success or failure, and the string that goes with it."""
+
+    ok: bool
+    payload: str = ""
+
+
+# `logging` costs ~5 ms to import: job_process and pools succeed without it (burst_buffer.lua logs
+# each hook call itself); events and the lifecycle's own records import it when they happen.
+_forward_to: IO[str] | None = None  # set by main(): stream for `@@DWSBRIDGE log` lines
+
+
+def log() -> logging.Logger:
+    import logging
+
+    if _forward_to is not None:
+        _forward_records(_forward_to)
+    return logging.getLogger(LOGGER)
+
+
+class HookUsageError(DwsBridgeError):
+    """The hook was called with arguments Slurm never passes."""
+
+
+def success(payload: str = "") -> HookResult:
+    return HookResult(True, payload)
+
+
+def failure(message: str) -> HookResult:
+    return HookResult(False, message)
+
+
+# --- the job_process fast path ------------------------------------------------------------------
+
+CACHE_ENV = "DWSBRIDGE_JOB_PROCESS_CACHE"  # set by burst_buffer.lua: where the cache lives
+CACHE_MAGIC = "dwsbridge job_process cache v1"
+CACHE_LIMIT = 256  # headers kept
+HEADER_LIMIT = 16384  # longer headers are not cached
+
+
+def script_header(text: str) -> str:
+    """The leading comment block of a job script, where Slurm finds #DW lines: every line up to the
+    first non-empty line that does not start with '#'. burst_buffer.lua computes the same thing."""
+    end = 0
+    while end < len(text):
+        newline = text.find("\n", end)
+        line_end = len(text) if newline < 0 else newline + 1
+        line = text[end:line_end].rstrip("\n")
+        if line and not line.startswith("#"):
+            break
+        end = line_end
+    return text[:end]
+
+
+def escape_header(header: str) -> str:
+    """One cache line per header: backslashes and newlines escaped (as burst_buffer.lua does)."""
+    return header.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class ValidatedHeaders:
+    """Headers of job scripts whose #DW lines passed validation under the current configuration.
+
+    A cache, never the last word: setup validates the directives again. The first line is a stamp of
+    everything validation depends on (dwsbridge's rules, the ruleset and config files, the pool); a
+    changed stamp empties the cache. Root-only file, rewritten atomically.
+    """
+
+    def __init__(self, path: str, stamp: str, limit: int = CACHE_LIMIT) -> None:
+        self.path = path
+        self.stamp = stamp
+        self.limit = limit
+
+    @staticmethod
+    def stamp_for(config: Config) -> str:
+        parts = [f"pool={config.pool_name}"]
+        import dwsbridge.directives as directives
+
+        files = [directives.__file__, str(config.ruleset or directives.BUNDLED_RULESET)]
+        files.append(os.environ.get("DWSBRIDGE_CONFIG") or "/etc/dwsbridge/config.yaml")
+        for name in files:
+            try:
+                st = os.stat(name)
+                parts.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
+            except OSError:
+                parts.append(f"{name}:-")
+        return " ".join(parts).replace("\n", " ")
+
+    def _read(self) -> list[str]:
+        try:
+            with open(self.path, encoding="utf-8", errors="surrogateescape") as cache:
+                lines = cache.read().split("\n")
+        except OSError:
+            return []
+        if lines[0] != f"{CACHE_MAGIC} {self.stamp}":
+            return []
+        return [line for line in lines[1:] if line]
+
+    def _write(self, entries: list[str]) -> None:
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as cache:
+            cache.write("\n".join([f"{CACHE_MAGIC} {self.stamp}", *entries]) + "\n")
+        os.replace(tmp, self.path)
+
+    def add(self, header: str) -> None:
+        if not header or len(header) > HEADER_LIMIT:
+            return
+        entry = escape_header(header)
+        entries = [e for e in self._read() if e != entry]
+        entries.append(entry)
+        self._write(entries[-self.limit :])
+
+    def refresh(self) -> None:
+        """Empty the cache when what validation depends on has changed."""
+        try:
+            with open(self.path, encoding="utf-8", errors="surrogateescape") as cache:
+                first = cache.readline().rstrip("\n")
+        except OSError:
+            return
+        if first != f"{CACHE_MAGIC} {self.stamp}":
+            self._write([])
+
+
+# --- argument normalisation -------------------------------------------------------------------
+
+
+def parse_job_id(job_id: str) -> str:
+    job = job_id.strip()
+    if not job.isdigit():
+        raise HookUsageError(f"job id must contain only digits, not {job_id!r}")
+    return str(int(job))
+
+
+def parse_id(value: str, what: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise HookUsageError(f"{what} must be a number, not {value!r}") from None
+
+
+def parse_pool(pool: str) -> str | None:
+    """Slurm passes the literal "(null)" (or nothing) when the job named no pool."""
+    pool = pool.strip()
+    return None if pool in ("", NULL_POOL) else pool
+
+
+def parse_hurry(hurry: str) -> bool:
+    return hurry.strip().lower() == "true"
+
+
+def read_script(path: str) -> str:
+    """The job script Slurm hands to hooks; it ends with a NUL byte."""
+    try:
+        data = open(path, "rb").read()  # noqa: SIM115 - one read, closed by refcount
+    except OSError as exc:
+        raise DwsBridgeError(f"cannot read job script {path}: {exc.strerror}") from exc
+    return data.rstrip(b"\0").decode("utf-8", errors="replace")
+
+
+def bbstat_words(args: Sequence[str]) -> list[str]:
+    """The words after `scontrol show bbstat`; 23.02+ puts the caller's uid and gid first."""
+    words = list(args)
+    if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+        return words[2:]
+    return words
+
+
+# --- the hooks --------------------------------------------------------------------------------
+
+
+class SlurmHooks:
+    """One method per burst_buffer.lua hook. Config and lifecycle are built on first use, so the
+    fast hooks pay only for what they touch."""
+
+    def __init__(self, config: Config | None = None, lifecycle: Lifecycle | None = None) -> None:
+        self._config = config
+        self._lifecycle = lifecycle
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            if self._lifecycle is not None:
+                self._config = self._lifecycle.config
+            else:
+                from dwsbridge.config import load_config
+
+                self._config = load_config()
+        return self._config
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        if self._lifecycle is None:
+            log()  # the lifecycle and backends log through `logging`: forward their records too
+            from dwsbridge.lifecycle import Lifecycle
+
+            self._lifecycle = Lifecycle(self.config)
+        return self._lifecycle
+
+    # directives ---------------------------------------------------------------------------
+    def script_directives(self, script_path: str) -> list[tuple[int, str]]:
+        from dwsbridge.directives import script_directives
+
+        return list(script_directives(read_script(script_path)))
+
+    def validated_directives(self, items: list[tuple[int, str]]) -> list[str]:
+        """Validate a job's #DW lines (raises ValidationFailed listing every problem) and return
+        them as DWS receives them: normalised, Slurm's `pool=` removed."""
+        from dwsbridge.directives import RuleSet, validate_job
+
+        ruleset = RuleSet.load(self.config.ruleset)
+        directives = validate_job(items, ruleset=ruleset, wlm=WLM, pool=self.config.pool_name)
+        return [d.text for d in directives]
+
+    # hooks run inside slurmctld: keep them fast --------------------------------------------
+    def job_process(self, script_path: str) -> HookResult:
+        text = read_script(script_path)
+        from dwsbridge.directives import script_directives
+
+        items = list(script_directives(text))
+        if not items:
+            return success()
+        self.validated_directives(items)
+        cache = self.header_cache()
+        if cache is not None:
+            try:
+                cache.add(script_header(text))
+            except OSError as exc:  # the cache is an optimisation: never fail a submission for it
+                log().warning("job_process: cannot update %s: %s", cache.path, exc)
+        return success()
+
+    def header_cache(self) -> ValidatedHeaders | None:
+        path = os.environ.get(CACHE_ENV, "")
+        if not path:
+            return None
+        return ValidatedHeaders(path, ValidatedHeaders.stamp_for(self.config))
+
+    def pools(self) -> HookResult:
+        import json
+
+        cache = self.header_cache()
+        if cache is not None:
+            try:
+                cache.refresh()
+            except OSError as exc:
+                log().warning("pools: cannot refresh %s: %s", cache.path, exc)
+
+        pools = [
+            {"id": p.name, "quantity": int(p.quantity), "granularity": int(p.granularity)}
+            for p in self.lifecycle.pools()
+        ]
+        return success(json.dumps({"pools": pools}, separators=(",", ":")))
+
+    def paths(self, job_id: str, script: str, path_file: str) -> HookResult:
+        job = parse_job_id(job_id)
+        name = workflow_name(job)
+        if not self.lifecycle.exists(name):
+            return success()
+        env = self.lifecycle.environment(name)
+        lines = []
+        for key, value in sorted(env.items()):
+            if not key or "=" in key or "\n" in key or "\n" in value or "\0" in value:
+                log().warning("workflow=%s job=%s paths: skipped unsafe variable %r", name, job, key)
+                continue
+            lines.append(f"{key}={value}\n")
+        with open(path_file, "w", encoding="utf-8") as out:
+            out.writelines(lines)
+        log().info("workflow=%s job=%s paths: %d variable(s) for the job", name, job, len(lines))
+        return success()
+
+    # hooks run by slurmscriptd, within burst_buffer.conf's timeouts ---------------------------
+    def setup(self, job_id: str, uid: str, gid: str, pool: str, bb_size: str, script: str) -> HookResult:
+        job = parse_job_id(job_id)
+        user, group = parse_id(uid, "uid"), parse_id(gid, "gid")
+        name = workflow_name(job)
+        items = self.script_directives(script)
+        if not items:
+            log().info("workflow=%s job=%s setup: no #DW directives, nothing to do", name, job)
+            return success()
+        directives = self.validated_directives(items)
+        lc = self.lifecycle
+        if lc.exists(name):
+            self._reuse_or_clear(name, job, user)
+        if not lc.exists(name):
+            lc.create(wlm=WLM, job_id=job, uid=user, gid=group, directives=directives)
+        log().info(
+            "workflow=%s job=%s setup: uid=%d gid=%d pool=%s size=%s",
+            name,
+            job,
+            user,
+            group,
+            parse_pool(pool) or "-",
+            bb_size or "-",
+        )
+        lc.advance_to(name, "Setup")
+        return success()
+
+    def _reuse_or_clear(self, name: str, job: str, uid: int) -> None:
+        """A workflow by this name already exists: keep it when it is this job's unfinished setup
+        (setup being retried), otherwise it is left over from an earlier run and goes."""
+        current = self.lifecycle.status(name)
+        if current.uid == uid and current.desired in ("Proposal", "Setup") and current.status != "Error":
+            log().info("workflow=%s job=%s setup: resuming existing workflow", name, job)
+            return
+        log().warning(
+            "workflow=%s job=%s setup: removing a leftover workflow (desired=%s uid=%d)",
+            name,
+            job,
+            current.desired,
+            current.uid,
+        )
+        self.lifecycle.teardown(name, hurry=True, quiet=True)
+
+    def data_in(self, job_id: str, script: str) -> HookResult:
+        return self._advance(job_id, script, "DataIn")
+
+    def pre_run(self, job_id: str, script: str) -> HookResult:
+        job = parse_job_id(job_id)
+        name = workflow_name(job)
+        if self.config.backend == "kubernetes" and self.lifecycle.exists(name):
+            hosts = job_nodes(job)
+            if hosts:
+                self.lifecycle.set_computes(name, hosts)
+        return self._advance(job_id, script, "PreRun")
+
+    def post_run(self, job_id: str, script: str) -> HookResult:
+        return self._advance(job_id, script, "PostRun")
+
+    def data_out(self, job_id: str, script: str) -> HookResult:
+        return self._advance(job_id, script, "DataOut")
+
+    def real_size(self, job_id: str) -> HookResult:
+        return success()
+
+    def job_teardown(self, job_id: str, script: str, hurry: str) -> HookResult:
+        job = parse_job_id(job_id)
+        name = workflow_name(job)
+        in_hurry = parse_hurry(hurry)
+        if not self.lifecycle.exists(name):
+            log().info("workflow=%s job=%s teardown: no workflow (already gone)", name, job)
+            return success()
+        self.lifecycle.teardown(name, hurry=in_hurry)
+        log().info("workflow=%s job=%s teardown: done hurry=%s", name, job, in_hurry)
+        return success()
+
+    def _advance(self, job_id: str, script: str, state: str) -> HookResult:
+        job = parse_job_id(job_id)
+        name = workflow_name(job)
+        if not self.lifecycle.exists(name):
+            if self.script_directives(script):
+                raise DwsBridgeError(f"workflow {name} for job {job} does not exist (was setup run?)")
+            return success()
+        started = time.monotonic()
+        try:
+            self.lifecycle.advance_to(name, state)
+        except AdmissionError as exc:
+            raise AdmissionError(f"workflow {name}: cannot move to {state}: {exc}") from exc
+        log().info("workflow=%s job=%s %s complete in %.2fs", name, job, state, time.monotonic() - started)
+        return success()
+
+    # scontrol show bbstat -------------------------------------------------------------------
+    def get_status(self, *args: str) -> HookResult:
+        words = bbstat_words(args)
+        if not words or words == ["list"]:
+            return success(format_table([s for s in self.lifecycle.list() if s.wlm in ("", WLM)]))
+        if words[0] == "workflow" and len(words) == 2:
+            job = words[1]
+            if not job.isdigit():
+                return success(NOT_DIGITS)
+            name = workflow_name(job)
+            if not self.lifecycle.exists(name):
+                return success(f"No workflow for job {int(job)} ({name} does not exist or was torn down).")
+            s = self.lifecycle.status(name)
+            return success(f"desiredState={s.desired} currentState={s.current} status={s.status}")
+        return success(BBSTAT_USAGE)
+
+
+def workflow_name(job: str) -> str:
+    from dwsbridge.workflow import workflow_name as name_for
+
+    return name_for(WLM, job)
+
+
+def job_nodes(job: str) -> list[str]:
+    """The job's compute hosts, asked of Slurm (only the Kubernetes backend needs them)."""
+    import subprocess
+
+    try:
+        nodelist = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        if not nodelist:
+            return []
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        log().warning("job=%s cannot list the job's nodes: %s", job, exc)
+        return []
+    return hosts
+
+
+def format_table(statuses: Sequence[WorkflowStatus]) -> str:
+    header = ("NAME", "JOB", "USER", "DESIRED", "CURRENT", "READY", "STATUS", "AGE")
+    rows = [header]
+    for s in sorted(statuses, key=lambda s: (len(s.job_id), s.job_id)):
+        rows.append(
+            (
+                s.name,
+                s.job_id,
+                user_name(s.uid),
+                s.desired,
+                s.current,
+                "true" if s.ready else "false",
+                s.status or "-",
+                format_age(s.age),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("(no workflows)")
+    return "\n".join(lines) + "\n"
+
+
+def user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return str(uid)
+
+
+def format_age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+# --- dispatch and the result protocol ----------------------------------------------------------
+
+HOOKS: dict[str, tuple[int, int]] = {
+    # hook: (fewest, most) arguments after the hook name
+    "job_process": (1, 1),
+    "pools": (0, 0),
+    "setup": (6, 6),
+    "data_in": (2, 2),
+    "real_size": (1, 1),
+    "paths": (3, 3),
+    "pre_run": (2, 2),
+    "post_run": (2, 2),
+    "data_out": (2, 2),
+    "job_teardown": (3, 3),
+    "get_status": (0, 64),
+}
+
+
+def run_hook(hooks: SlurmHooks, hook: str, args: Sequence[str]) -> HookResult:
+    """Run one hook; every failure becomes a HookResult whose message a user can act on."""
+    limits = HOOKS.get(hook)
+    if limits is None:
+        return failure(f"unknown burst buffer hook {hook!r}; expected one of {', '.join(HOOKS)}")
+    fewest, most = limits
+    if not fewest <= len(args) <= most:
+        return failure(f"{hook} takes {fewest}..{most} arguments, got {len(args)}")
+    method: Callable[..., HookResult] = getattr(hooks, hook)
+    try:
+        return method(*args)
+    except DwsBridgeError as exc:
+        log().error("%s job=%s failed: %s", hook, _job_of(hook, args), exc)
+        return failure(str(exc))
+    except Exception as exc:
+        log().exception("%s job=%s crashed", hook, _job_of(hook, args))
+        return failure(f"dwsbridge internal error in {hook}: {type(exc).__name__}: {exc}")
+
+
+def _job_of(hook: str, args: Sequence[str]) -> str:
+    return args[0] if args and hook not in ("job_process", "get_status") else "-"
+
+
+def write_result(result: HookResult, stream: IO[bytes]) -> None:
+    payload = result.payload.encode("utf-8", errors="replace")
+    stream.write(payload + b"\n" + f"{MARK} rc={0 if result.ok else 1} len={len(payload)}\n".encode())
+    stream.flush()
+
+
+def _forward_records(stream: IO[str]) -> None:
+    """Send dwsbridge's log records to `stream` as `@@DWSBRIDGE log` lines (once per process);
+    burst_buffer.lua forwards them to slurmctld's log (grep for "dwsbridge")."""
+    import logging
+
+    root = logging.getLogger("dwsbridge")
+    if any(getattr(h, "dwsbridge_protocol", False) for h in root.handlers):
+        return
+
+    class ProtocolLogHandler(logging.Handler):
+        dwsbridge_protocol = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                text = self.format(record).replace("\n", " | ")
+                stream.write(f"{LOG_PREFIX}dwsbridge: {record.levelname.lower()}: {text}\n")
+                stream.flush()
+            except Exception:
+                self.handleError(record)
+
+    root.addHandler(ProtocolLogHandler())
+    root.propagate = False
+    level = os.environ.get("DWSBRIDGE_LOG_LEVEL", "INFO").upper()
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global _forward_to
+    args = list(sys.argv[1:] if argv is None else argv)
+    _forward_to = sys.stderr
+    if not args or args[0] in ("-h", "--help"):
+        result = failure(
+            "usage: python -I -m dwsbridge.slurm HOOK [ARGS...]  (run by burst_buffer.lua); hooks: "
+            + ", ".join(HOOKS)
+        )
+    else:
+        result = run_hook(SlurmHooks(), args[0], args[1:])
+    write_result(result, sys.stdout.buffer)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,568 @@
+"""burst_buffer.lua under Lua 5.1 (what Slurm 22.05 links), with a fake `slurm` table.
+
+Three ways in: a fake io.popen (what the shim sends, how it reads results), a fake bridge executable
+run through the real /bin/sh (quoting), and the real bridge on a temporary root (the protocol end to
+end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+lupa = pytest.importorskip("lupa")
+from lupa import lua51  # noqa: E402
+
+from dwsbridge.cli.slurm import render_lua, template  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SUCCESS, ERROR = 0, -1
+
+HOOKS_2205 = {
+    "slurm_bb_job_process": ("/state/job.12/script",),
+    "slurm_bb_pools": (),
+    "slurm_bb_setup": ("12", "1000", "1001", "dws", "1073741824", "/state/job.12/script"),
+    "slurm_bb_data_in": ("12", "/state/job.12/script"),
+    "slurm_bb_real_size": ("12",),
+    "slurm_bb_paths": ("12", "/state/job.12/script", "/state/job.12/pathfile"),
+    "slurm_bb_pre_run": ("12", "/state/job.12/script"),
+    "slurm_bb_post_run": ("12", "/state/job.12/script"),
+    "slurm_bb_data_out": ("12", "/state/job.12/script"),
+    "slurm_bb_job_teardown": ("12", "/state/job.12/script", "true"),
+    "slurm_bb_get_status": ("workflow", "12"),
+}
+
+# What the bridge must receive for each hook, in both Slurm versions.
+BRIDGE_ARGS = {
+    "slurm_bb_job_process": ["job_process", "/state/job.12/script"],
+    "slurm_bb_pools": ["pools"],
+    "slurm_bb_setup": ["setup", "12", "1000", "1001", "dws", "1073741824", "/state/job.12/script"],
+    "slurm_bb_data_in": ["data_in", "12", "/state/job.12/script"],
+    "slurm_bb_paths": ["paths", "12", "/state/job.12/script", "/state/job.12/pathfile"],
+    "slurm_bb_pre_run": ["pre_run", "12", "/state/job.12/script"],
+    "slurm_bb_post_run": ["post_run", "12", "/state/job.12/script"],
+    "slurm_bb_data_out": ["data_out", "12", "/state/job.12/script"],
+    "slurm_bb_job_teardown": ["job_teardown", "12", "/state/job.12/script", "true"],
+    "slurm_bb_get_status": ["get_status", "workflow", "12"],
+}
+
+REQUIRED_2205 = [
+    "slurm_bb_job_process",
+    "slurm_bb_pools",
+    "slurm_bb_job_teardown",
+    "slurm_bb_setup",
+    "slurm_bb_data_in",
+    "slurm_bb_real_size",
+    "slurm_bb_paths",
+    "slurm_bb_pre_run",
+    "slurm_bb_post_run",
+    "slurm_bb_data_out",
+    "slurm_bb_get_status",
+]
+
+LUA_HARNESS = r"""
+slurm = { SUCCESS = 0, ERROR = -1, logs = {} }
+-- Slurm defines log_info as string.format over its arguments, then logs the result.
+function slurm.log_info(...) table.insert(slurm.logs, string.format(...)) end
+function slurm.log_error(...) table.insert(slurm.logs, "error: " .. string.format(...)) end
+
+fake = { commands = {}, output = nil }
+real_popen = io.popen
+function use_fake_popen()
+  io.popen = function(cmd, mode)
+    table.insert(fake.commands, cmd)
+    local out = fake.output
+    return {
+      read = function(self, fmt) return out end,
+      close = function(self) return true end,
+    }
+  end
+end
+
+-- lupa's Lua 5.1 is built without popen: stand in for it with a Python callable that runs the
+-- command through the real /bin/sh, as popen(3) does.
+function use_shell_popen(run)
+  io.popen = function(cmd, mode)
+    local out = run(cmd)
+    return {
+      read = function(self, fmt) return out end,
+      close = function(self) return true end,
+    }
+  end
+end
+
+function capture(name, ...)
+  local function pack(...) return { n = select("#", ...), ... } end
+  return pack(_G[name](...))
+end
+"""
+
+
+def run_shell(command: str | bytes) -> bytes:
+    if isinstance(command, str):
+        command = command.encode()
+    proc = subprocess.run([b"/bin/sh", b"-c", command], stdout=subprocess.PIPE, check=False, timeout=120)
+    return proc.stdout
+
+
+def status_line(ok: bool, payload: str) -> str:
+    return f"{payload}\n@@DWSBRIDGE rc={0 if ok else 1} len={len(payload.encode())}\n"
+
+
+class Shim:
+    """burst_buffer.lua loaded in a fresh Lua 5.1 state."""
+
+    def __init__(self, source: str, fake_popen: bool = True) -> None:
+        self.lua = lua51.LuaRuntime(unpack_returned_tuples=True)
+        self.lua.execute(LUA_HARNESS)
+        if fake_popen:
+            self.lua.globals().use_fake_popen()
+        else:
+            self.lua.globals().use_shell_popen(run_shell)
+        self.lua.execute(source)
+
+    def set_output(self, output: str | None) -> None:
+        self.lua.globals().fake.output = output
+
+    def call(self, hook: str, *args: Any) -> tuple[int, Any, Any]:
+        """(number of values returned, status, message)."""
+        packed = self.lua.globals().capture(hook, *args)
+        return packed["n"], packed[1], packed[2]
+
+    def table(self, *values: Any) -> Any:
+        return self.lua.table(*values)
+
+    @property
+    def commands(self) -> list[str]:
+        return list(self.lua.globals().fake.commands.values())
+
+    @property
+    def logs(self) -> list[str]:
+        return list(self.lua.globals().slurm.logs.values())
+
+
+@pytest.fixture
+def shim() -> Shim:
+    shim = Shim(render_lua("/opt/dwsb/bin/python", "/etc/dwsbridge/config.yaml"))
+    shim.set_output(status_line(True, ""))
+    return shim
+
+
+# --- shape of the plugin --------------------------------------------------------------------------
+
+
+def test_every_slurm_2205_hook_and_the_2405_test_hooks_are_defined(shim: Shim) -> None:
+    g = shim.lua.globals()
+    for name in [*REQUIRED_2205, "slurm_bb_test_data_in", "slurm_bb_test_data_out"]:
+        assert lua51.lua_type(g[name]) == "function", name
+
+
+def test_slurm_directory_copies_match_the_packaged_templates() -> None:
+    for name in ("burst_buffer.lua", "burst_buffer.conf"):
+        assert (REPO / "slurm" / name).read_text() == template(name), f"slurm/{name} differs"
+
+
+def test_conf_template_sets_directive_and_teardown_failure() -> None:
+    lines = [line.strip() for line in template("burst_buffer.conf").splitlines()]
+    assert "Directive=DW" in lines
+    assert "Flags=TeardownFailure" in lines
+    for key in ("StageInTimeout=", "StageOutTimeout=", "OtherTimeout="):
+        assert any(line.startswith(key) for line in lines), key
+
+
+def test_install_fills_interpreter_and_config_as_lua_strings() -> None:
+    text = render_lua('/opt/we "ird"\\dir/python', "/etc/dws/config.yaml")
+    shim = Shim(text)
+    shim.set_output(status_line(True, ""))
+    shim.call("slurm_bb_pools")
+    assert "'/opt/we \"ird\"\\dir/python' -I -m dwsbridge.slurm pools" in shim.commands[0]
+    assert "DWSBRIDGE_CONFIG='/etc/dws/config.yaml'" in shim.commands[0]
+
+
+def test_without_config_no_environment_is_set() -> None:
+    shim = Shim(render_lua("/usr/bin/python3", None))
+    shim.set_output(status_line(True, ""))
+    shim.call("slurm_bb_pools")
+    assert "DWSBRIDGE_CONFIG" not in shim.commands[0]
+    assert shim.commands[0].startswith("exec '/usr/bin/python3' -I -m dwsbridge.slurm pools")
+
+
+def test_uninstalled_template_fails_every_hook_with_a_clear_message() -> None:
+    shim = Shim(template("burst_buffer.lua"))
+    n, rc, msg = shim.call("slurm_bb_pools")
+    assert (n, rc) == (2, ERROR)
+    assert "dwsbridge slurm install" in msg
+    assert shim.commands == []
+
+
+# --- arguments --------------------------------------------------------------------------------------
+
+
+BRIDGED = sorted(BRIDGE_ARGS)
+
+
+@pytest.mark.parametrize("hook", BRIDGED)
+def test_slurm_2205_arguments_reach_the_bridge(shim: Shim, hook: str) -> None:
+    shim.call(hook, *HOOKS_2205[hook])
+    assert len(shim.commands) == 1
+    assert shim.commands[0] == command_for(BRIDGE_ARGS[hook])
+
+
+@pytest.mark.parametrize("hook", BRIDGED)
+def test_slurm_2302_extra_arguments_are_ignored(shim: Shim, hook: str) -> None:
+    job_info = shim.table()
+    job_info["job_id"] = 12
+    args = HOOKS_2205[hook]
+    if hook == "slurm_bb_get_status":
+        args = ("1000", "1001", *args)  # 23.02: caller's uid and gid first
+    elif hook != "slurm_bb_pools":
+        args = (*args, "1000", "1001", job_info)
+    shim.call(hook, *args)
+    assert shim.commands[0] == command_for(BRIDGE_ARGS[hook])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), []),
+        (("1000", "1000"), []),
+        (("list",), ["list"]),
+        (("1000", "1000", "list"), ["list"]),
+        (("workflow", "abc"), ["workflow", "abc"]),
+        (("1000", "1000", "workflow", "abc"), ["workflow", "abc"]),
+        (("workflow",), ["workflow"]),
+    ],
+)
+def test_get_status_words_in_both_shapes(shim: Shim, args: tuple[str, ...], expected: list[str]) -> None:
+    shim.call("slurm_bb_get_status", *args)
+    assert shim.commands[0] == command_for(["get_status", *expected])
+
+
+def test_missing_arguments_are_passed_as_empty_strings(shim: Shim) -> None:
+    shim.call("slurm_bb_job_teardown", "12")
+    assert shim.commands[0] == command_for(["job_teardown", "12", "", ""])
+
+
+def command_for(bridge_args: list[str]) -> str:
+    quoted = " ".join(f"'{a}'" for a in bridge_args[1:])
+    tail = f" {quoted}" if quoted else ""
+    return (
+        "DWSBRIDGE_CONFIG='/etc/dwsbridge/config.yaml' exec '/opt/dwsb/bin/python' -I -m dwsbridge.slurm "
+        f"{bridge_args[0]}{tail} </dev/null 2>&1"
+    )
+
+
+# --- result protocol ----------------------------------------------------------------------------------
+
+
+def test_success_with_payload_returns_the_payload(shim: Shim) -> None:
+    pools = '{"pools":[{"id":"dws","quantity":100,"granularity":1}]}'
+    shim.set_output(status_line(True, pools))
+    assert shim.call("slurm_bb_pools") == (2, SUCCESS, pools)
+
+
+def test_success_without_payload_returns_only_the_status(shim: Shim) -> None:
+    n, rc, msg = shim.call("slurm_bb_post_run", "12", "/s")
+    assert (n, rc, msg) == (1, SUCCESS, None)  # one value: never a nil second value
+
+
+def test_error_returns_the_message(shim: Shim) -> None:
+    shim.set_output(status_line(False, "line 3: #DW jobdw bogus=1: unsupported argument 'bogus'"))
+    assert shim.call("slurm_bb_job_process", "/s") == (
+        2,
+        ERROR,
+        "line 3: #DW jobdw bogus=1: unsupported argument 'bogus'",
+    )
+
+
+def test_error_without_message_still_says_what_failed(shim: Shim) -> None:
+    shim.set_output(status_line(False, ""))
+    n, rc, msg = shim.call("slurm_bb_data_in", "12", "/s")
+    assert (n, rc) == (2, ERROR)
+    assert msg == "dwsbridge data_in failed"
+
+
+def test_payload_keeps_its_exact_bytes(shim: Shim) -> None:
+    payload = "NAME  JOB\nbb1   1\n\n  trailing spaces  \n"
+    shim.set_output(status_line(True, payload))
+    assert shim.call("slurm_bb_get_status") == (2, SUCCESS, payload)
+
+
+def test_log_lines_before_the_payload_go_to_the_slurm_log(shim: Shim) -> None:
+    output = "@@DWSBRIDGE log dwsbridge: info: workflow=bb12 job=12 state=DataIn complete\n" + status_line(
+        True, ""
+    )
+    shim.set_output(output)
+    shim.call("slurm_bb_data_in", "12", "/s")
+    assert "dwsbridge: info: workflow=bb12 job=12 state=DataIn complete" in shim.logs
+
+
+def test_crash_without_status_line_fails_with_the_last_lines(shim: Shim) -> None:
+    lines = [f"line {i}" for i in range(10)]
+    shim.set_output("Traceback (most recent call last):\n" + "\n".join(lines) + "\nImportError: boom\n")
+    n, rc, msg = shim.call("slurm_bb_setup", "12", "1000", "1000", "dws", "1", "/s")
+    assert (n, rc) == (2, ERROR)
+    assert msg.startswith("dwsbridge setup ended without a result: ")
+    assert "ImportError: boom" in msg
+    assert "line 9" in msg and "line 0" not in msg
+
+
+def test_empty_output_is_a_crash(shim: Shim) -> None:
+    shim.set_output("")
+    n, rc, msg = shim.call("slurm_bb_pre_run", "12", "/s")
+    assert (n, rc, msg) == (2, ERROR, "dwsbridge pre_run ended without a result")
+
+
+def test_nil_read_is_a_crash(shim: Shim) -> None:
+    shim.set_output(None)
+    n, rc, _msg = shim.call("slurm_bb_paths", "12", "/s", "/p")
+    assert (n, rc) == (2, ERROR)
+
+
+def test_status_line_inside_the_payload_does_not_fool_the_parser(shim: Shim) -> None:
+    shim.set_output(status_line(False, "bad\n@@DWSBRIDGE rc=0 len=0"))
+    n, rc, msg = shim.call("slurm_bb_data_out", "12", "/s")
+    assert (n, rc, msg) == (2, ERROR, "bad\n@@DWSBRIDGE rc=0 len=0")
+
+
+def test_truncated_output_with_a_lying_length_is_a_crash(shim: Shim) -> None:
+    shim.set_output("short\n@@DWSBRIDGE rc=0 len=999\n")
+    assert shim.call("slurm_bb_pools")[1] == ERROR
+
+
+def test_status_line_not_at_a_line_start_is_a_crash(shim: Shim) -> None:
+    shim.set_output("junk@@DWSBRIDGE rc=0 len=0\n")
+    assert shim.call("slurm_bb_pools")[1] == ERROR
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS_2205))
+def test_every_hook_logs_one_line_with_its_job(shim: Shim, hook: str) -> None:
+    shim.call(hook, *HOOKS_2205[hook])
+    mine = [line for line in shim.logs if line.startswith("dwsbridge/lua: ")]
+    assert len(mine) == 1
+    short = hook.removeprefix("slurm_bb_")
+    job = "12" if HOOKS_2205[hook][:1] == ("12",) else "-"
+    assert mine[0].startswith(f"dwsbridge/lua: {short} job={job} rc=success")
+
+
+def test_hooks_with_nothing_to_report_succeed_without_running_the_bridge(shim: Shim) -> None:
+    assert shim.call("slurm_bb_test_data_in", "12", "/s", "1000", "1000")[:2] == (1, SUCCESS)
+    assert shim.call("slurm_bb_test_data_out", "12", "/s")[:2] == (1, SUCCESS)
+    assert shim.call("slurm_bb_real_size", "12", "1000", "1000", shim.table())[:2] == (1, SUCCESS)
+    assert shim.commands == []
+    assert "dwsbridge/lua: real_size job=12 rc=success" in shim.logs
+
+
+def test_percent_signs_in_messages_do_not_break_logging(shim: Shim) -> None:
+    shim.set_output(status_line(False, "copy_in source=/data/100%/x: not found %s %d"))
+    assert shim.call("slurm_bb_data_in", "12", "/s")[2] == "copy_in source=/data/100%/x: not found %s %d"
+
+
+# --- through the real shell ----------------------------------------------------------------------------
+
+FAKE_BRIDGE = """#!{python}
+import json, os, sys
+record = os.environ["DWSBRIDGE_CONFIG"]
+with open(record, "a") as out:
+    out.write(json.dumps(sys.argv[1:]) + "\\n")
+payload = "args=%d" % (len(sys.argv) - 5)
+sys.stdout.write(payload + "\\n@@DWSBRIDGE rc=0 len=%d\\n" % len(payload))
+"""
+
+HOSTILE = [
+    "'; touch /tmp/dwsb-pwned #",
+    "$(touch /tmp/dwsb-pwned)",
+    "`touch /tmp/dwsb-pwned`",
+    'quote " and \\ backslash',
+    "new\nline",
+    "  spaces  ",
+    "",
+    "ünïcødé",
+    "'",
+    "''",
+    "-m",
+]
+
+
+@pytest.fixture
+def fake_bridge(tmp_path: Path) -> Iterator[tuple[Shim, Path]]:
+    bridge = tmp_path / "fake-python"
+    bridge.write_text(FAKE_BRIDGE.format(python=sys.executable))
+    bridge.chmod(bridge.stat().st_mode | stat.S_IXUSR)
+    record = tmp_path / "argv.jsonl"
+    shim = Shim(render_lua(str(bridge), str(record)), fake_popen=False)
+    yield shim, record
+    assert not Path("/tmp/dwsb-pwned").exists()
+
+
+def test_hostile_arguments_reach_the_bridge_unchanged(fake_bridge: tuple[Shim, Path]) -> None:
+    shim, record = fake_bridge
+    n, rc, msg = shim.call("slurm_bb_get_status", *HOSTILE)
+    assert (n, rc, msg) == (2, SUCCESS, f"args={len(HOSTILE)}")
+    argv = json.loads(record.read_text().splitlines()[0])
+    assert argv == ["-I", "-m", "dwsbridge.slurm", "get_status", *HOSTILE]
+
+
+def test_nul_bytes_are_dropped_not_truncating_the_command(fake_bridge: tuple[Shim, Path]) -> None:
+    shim, record = fake_bridge
+    rc = shim.call("slurm_bb_data_in", "12", "/state/sc\0ript")[1]
+    assert rc == SUCCESS
+    argv = json.loads(record.read_text().splitlines()[0])
+    assert argv[3:] == ["data_in", "12", "/state/script"]
+
+
+def test_a_missing_interpreter_is_an_error(tmp_path: Path) -> None:
+    shim = Shim(render_lua(str(tmp_path / "no-such-python"), None), fake_popen=False)
+    n, rc, msg = shim.call("slurm_bb_pools")
+    assert (n, rc) == (2, ERROR)
+    assert "ended without a result" in msg and "no-such-python" in msg
+
+
+# --- with the real bridge -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def real_bridge(tmp_path: Path) -> Shim:
+    config = tmp_path / "dwsbridge.yaml"
+    config.write_text(f"root: {tmp_path / 'root'}\npool_size: 1TiB\nstate_timeout: 30\n")
+    env_python = sys.executable
+    assert os.path.isabs(env_python)
+    return Shim(render_lua(env_python, str(config)), fake_popen=False)
+
+
+def test_real_bridge_reports_pools(real_bridge: Shim) -> None:
+    n, rc, payload = real_bridge.call("slurm_bb_pools")
+    assert (n, rc) == (2, SUCCESS)
+    assert json.loads(payload) == {"pools": [{"id": "dws", "quantity": 1024**4, "granularity": 1}]}
+    assert any(line.startswith("dwsbridge/lua: pools job=- rc=success") for line in real_bridge.logs)
+
+
+def test_real_bridge_rejects_an_invalid_directive_naming_the_argument(
+    real_bridge: Shim, tmp_path: Path
+) -> None:
+    script = tmp_path / "job.sh"
+    script.write_bytes(b"#!/bin/bash\n#DW jobdw type=xfs capacity=1GiB name=s pool=dws bogus=1\nhostname\n\0")
+    n, rc, msg = real_bridge.call("slurm_bb_job_process", str(script), "1000", "1000")
+    assert (n, rc) == (2, ERROR)
+    assert "line 2" in msg and "'bogus'" in msg
+
+
+def test_real_bridge_accepts_a_valid_script(real_bridge: Shim, tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_bytes(b"#!/bin/bash\n#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws\nhostname\n\0")
+    assert real_bridge.call("slurm_bb_job_process", str(script)) == (1, SUCCESS, None)
+
+
+def test_real_bridge_bbstat_usage_for_a_non_numeric_job(real_bridge: Shim) -> None:
+    assert real_bridge.call("slurm_bb_get_status", "1000", "1000", "workflow", "x1") == (
+        2,
+        SUCCESS,
+        "A job ID must contain only digits.",
+    )
+
+
+# --- the job_process fast path ------------------------------------------------------------------------
+
+
+TRICKY_SCRIPT = (
+    b"#!/bin/bash\n#SBATCH -J a\\\\b\n\n#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws\r\n"
+    b"#DW copy_in source=/x\\\\y destination=$DW_JOB_scratch/in\n   \nhostname\n\0"
+)
+
+
+@pytest.fixture
+def cached_bridge(tmp_path: Path) -> tuple[Shim, Path, Path]:
+    config = tmp_path / "dwsbridge.yaml"
+    config.write_text(f"root: {tmp_path / 'root'}\npool_size: 1TiB\n")
+    cache = tmp_path / "root" / "slurm" / "job_process.cache"
+    return Shim(render_lua(sys.executable, str(config), str(cache)), fake_popen=False), cache, tmp_path
+
+
+def test_an_accepted_header_is_accepted_again_without_the_bridge(
+    cached_bridge: tuple[Shim, Path, Path],
+) -> None:
+    shim, cache, tmp = cached_bridge
+    first, second = tmp / "job1.sh", tmp / "job2.sh"
+    first.write_bytes(TRICKY_SCRIPT)
+    second.write_bytes(TRICKY_SCRIPT.replace(b"hostname", b"different body"))
+    assert shim.call("slurm_bb_job_process", str(first)) == (1, SUCCESS, None)
+    assert cache.exists() and stat.S_IMODE(cache.stat().st_mode) == 0o600
+    bridge_calls = len([line for line in shim.logs if "rc=success" in line and "cached" not in line])
+    assert shim.call("slurm_bb_job_process", str(second)) == (1, SUCCESS, None)
+    assert shim.logs[-1] == "dwsbridge/lua: job_process job=- rc=success cached"
+    assert len([line for line in shim.logs if "rc=success" in line and "cached" not in line]) == bridge_calls
+
+
+def test_a_changed_header_goes_to_the_bridge(cached_bridge: tuple[Shim, Path, Path]) -> None:
+    shim, _cache, tmp = cached_bridge
+    good, bad = tmp / "good.sh", tmp / "bad.sh"
+    good.write_bytes(TRICKY_SCRIPT)
+    bad.write_bytes(TRICKY_SCRIPT.replace(b"name=scratch", b"name=scratch bogus=1"))
+    assert shim.call("slurm_bb_job_process", str(good))[1] == SUCCESS
+    n, rc, msg = shim.call("slurm_bb_job_process", str(bad))
+    assert (n, rc) == (2, ERROR) and "'bogus'" in msg
+    # a refused header is never cached
+    assert shim.call("slurm_bb_job_process", str(bad))[1] == ERROR
+
+
+def test_cache_hits_need_the_header_line_exactly(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    script = tmp_path / "job.sh"
+    script.write_bytes(b"#!/bin/bash\n#DW jobdw type=xfs capacity=1GiB name=ab pool=dws\necho\n\0")
+    lua = Shim(render_lua("/opt/dwsb/bin/python", None, str(cache)))
+    lua.set_output(status_line(True, ""))
+    cache.write_text("dwsbridge job_process cache v1 stamp\n#!/bin/bash\\n#DW jobdw type=xfs\\n\n")
+    lua.call("slurm_bb_job_process", str(script))
+    assert len(lua.commands) == 1  # a prefix of the header is not a hit
+    assert "DWSBRIDGE_JOB_PROCESS_CACHE=" in lua.commands[0]
+    header = "#!/bin/bash\\n#DW jobdw type=xfs capacity=1GiB name=ab pool=dws\\n"
+    cache.write_text(f"dwsbridge job_process cache v1 stamp\n{header}\n")
+    assert lua.call("slurm_bb_job_process", str(script)) == (1, SUCCESS, None)
+    assert len(lua.commands) == 1
+
+
+# --- the installer -----------------------------------------------------------------------------------------
+
+
+def test_install_writes_both_files_and_prints_the_slurm_conf_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dwsbridge.cli import main
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = tmp_path / "dwsbridge.yaml"
+    config.write_text(f"root: {tmp_path / 'root'}\n")
+    rc = main(["slurm", "install", "--etc", str(etc), "--python", sys.executable, "--config", str(config)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "BurstBufferType=burst_buffer/lua" in out
+    lua = (etc / "burst_buffer.lua").read_text()
+    assert f'local PYTHON = "{sys.executable}"' in lua
+    assert f'local CONFIG = "{config}"' in lua
+    assert f'local CACHE = "{tmp_path / "root" / "slurm" / "job_process.cache"}"' in lua
+    assert (etc / "burst_buffer.conf").read_text() == template("burst_buffer.conf")
+    assert stat.S_IMODE((etc / "burst_buffer.lua").stat().st_mode) == 0o644
+
+
+def test_install_without_cache_leaves_the_fast_path_off(tmp_path: Path) -> None:
+    from dwsbridge.cli import main
+
+    assert main(["slurm", "install", "--etc", str(tmp_path), "--no-cache", "--no-check"]) == 0
+    assert 'local CACHE = ""' in (tmp_path / "burst_buffer.lua").read_text()
+
+
+def test_install_refuses_a_missing_directory_and_a_broken_interpreter(tmp_path: Path) -> None:
+    from dwsbridge.cli import main
+
+    assert main(["slurm", "install", "--etc", str(tmp_path / "nope")]) == 2
+    assert main(["slurm", "install", "--etc", str(tmp_path), "--python", "/bin/false"]) == 2
+    assert not (tmp_path / "burst_buffer.lua").exists()
