@@ -196,7 +196,9 @@ def _run_client(client: Any, args: argparse.Namespace) -> int:
             return EXIT_OK
         if not args.json:
             print(name, file=out, flush=True)
-        status = _wait_with_progress(client, name, out, tty=out.isatty() and not args.json)
+        # With --json, stdout carries only the final JSON; progress goes to stderr.
+        progress_out = sys.stderr if args.json else out
+        status = _wait_with_progress(client, name, progress_out, tty=progress_out.isatty())
         if args.json:
             print(json.dumps({"name": name, **status.raw}), file=out)
         return _status_exit(status)

@@ -366,3 +366,40 @@ def test_ten_jobs_at_once_all_complete_with_nothing_left(cluster: Cluster) -> No
     names = {s.name for s in cluster.lifecycle.list()}
     assert not names & {f"bb{job}" for job in jobs}
     assert not any(cluster.storage(job).exists() for job in jobs)
+
+
+# --- copy-offload from inside a job (issue 5) --------------------------------------------------------
+
+
+def test_job_uses_the_copyoffload_client_to_copy_out_of_its_storage(cluster: Cluster) -> None:
+    work = cluster.workdir("offload")
+    lib = work / "lib"
+    shutil.copytree(REPO / "copyoffload", lib / "copyoffload", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
+    body = "\n".join(
+        [
+            "set -e",
+            'head -c 3000000 /dev/urandom > "$DW_JOB_scratch/big.bin"',
+            f"export PYTHONPATH={lib}",
+            f'/usr/bin/python3 -m copyoffload.cli copy "$DW_JOB_scratch/big.bin" {work}/ --wait --json'
+            f" > {work}/copy.json",
+            f"/usr/bin/python3 -m copyoffload.cli list > {work}/list.txt",
+            f'cmp "$DW_JOB_scratch/big.bin" {work}/big.bin && echo MATCH',
+        ]
+    )
+    job = cluster.submit(
+        work, body, JOBDW + " requires=copy-offload", "#DW container name=co profile=copy-offload-default"
+    )
+    assert cluster.wait_state(job, "COMPLETED", "FAILED", "CANCELLED") == "COMPLETED", (
+        cluster.state(job),
+        text(work / "job.sh.out"),
+    )
+    cluster.wait_gone(job)
+    import json
+
+    status = json.loads((work / "copy.json").read_text())
+    assert (status["state"], status["status"]) == ("completed", "success"), status
+    assert status["commandStatus"]["progress"] == 100
+    assert "MATCH" in text(work / "job.sh.out")
+    assert (work / "big.bin").stat().st_uid == cluster.user.pw_uid
+    assert not cluster.storage(job).exists()
