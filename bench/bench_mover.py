@@ -126,12 +126,14 @@ def render(results: dict[str, dict[str, list[float]]], rounds: int, command: str
 
 
 NOTES = [
-    "Notes: the goal is >= 1.0x cp on (a) and >= 1.5x cp on (b). (a) is met (copy_file_range in 16 MiB",
-    "chunks). (b) is not met yet: the thread pool is GIL-bound at ~30 us of Python per file while cp spends",
-    "~40 us per file in total, so two threads on two cores only reach parity. Next step: a pool of worker",
-    "processes (one per core, each taking whole directories) in the copy child. This VM is noisy (runs",
-    "of the same tool vary by 30-50%); on ext4 without a journal, creating files within ~60 s of deleting",
-    "many makes every tool up to 10x slower, so do not rerun the benchmark right after a cleanup.",
+    "Notes: the goal is >= 1.0x cp on (a) and >= 1.5x cp on (b). (a) copies in-process with copy_file_range",
+    "in 16 MiB chunks, like cp; the kernel's page-cache copy bounds both: parity within noise.",
+    "(b) uses a pool of forked worker processes (one per core): the parent walks directories only and hands",
+    "out batches of names; a worker copies a small file with fstatat, openat, openat(O_CREAT|O_EXCL, final",
+    "mode), one copy_file_range, futimens and two closes (~4 us of Python per file), so both cores create",
+    "files at once while cp uses one. The kernel's inode allocation dominates: on ext4 without a journal,",
+    "creating files within ~60 s of many deletions (anywhere on the filesystem: other jobs count) makes",
+    "every tool up to 10x slower and the ratio noisy, so do not rerun the benchmark right after a cleanup.",
 ]
 
 

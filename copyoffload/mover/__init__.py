@@ -19,6 +19,10 @@ Semantics (see BENCHMARKS.md for speed):
   temporary `.dwsb-part` files, and at worst `workers` small files under their final names.
 - Progress: the walk is streamed (bounded queue), so totals grow while `Progress.scan_complete` is False;
   `percent` reaches 100 only in the final report, which always comes.
+- Parallelism: a directory tree is copied by `CopyOptions.workers` processes forked from the calling
+  process (the parent walks directories; each worker copies batches of one directory's entries); entries
+  with several hard links and special files are finished by the parent. A single file, a dry run, or a
+  copy with `bwlimit` uses threads. Workers are always reaped before `copy_tree` returns or raises.
 - Errors stop the copy at the first failure (`CopyError`, message `cannot <verb> <path>: <reason>`);
   directory modes and times are applied last, only when everything else succeeded.
 """

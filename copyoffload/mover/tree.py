@@ -1,4 +1,8 @@
-"""`copy_tree`: a streamed walk feeding a pool of copy threads, as the calling process."""
+"""`copy_tree`: a streamed walk feeding a pool of copy workers, as the calling process.
+
+A directory tree is copied by forked worker processes (pool.py: no GIL between files); a single file, a
+dry run, or a copy with `bwlimit` (one shared pacing schedule) uses threads in this process.
+"""
 
 from __future__ import annotations
 
