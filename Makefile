@@ -4,11 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian's interpreter: readable by every user (jobs run the copyoffload client as themselves).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
-DEBS := slurmctld slurmd slurm-client munge curl
+DEBS := python3-venv slurmctld slurmd slurm-client munge curl
 
 .PHONY: install debs test lint typecheck unit demo bench clean
 
-install: $(VENV)/.installed debs
+install: debs $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
