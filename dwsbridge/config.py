@@ -32,6 +32,9 @@ class Config:
     state_timeout: float = 300.0  # seconds to wait for a state before giving up
     transient_timeout: float = 60.0  # seconds a TransientCondition may last before it is fatal
     copy_offload_cert_dir: Path | None = None  # site TLS cert+key; None = <root>/tls
+    # Slurm: per-job environment files the TaskProlog exports (backends whose env is final only at
+    # PreRun); None = <root>/job-env. Multi-node sites: a shared filesystem every compute node sees.
+    slurm_env_dir: Path | None = None
     copy_offload_profiles: Path | None = None  # dmProfile YAML for copy-offload servers
     compute_name: str = "localhost"  # local backend: the host name jobs reach the copy-offload server by
     flux_presets: dict[str, str] = field(default_factory=dict)  # -S dw=NAME -> directives
@@ -49,8 +52,19 @@ class Config:
     def tls_dir(self) -> Path:
         return self.copy_offload_cert_dir or self.root / "tls"
 
+    @property
+    def job_env_dir(self) -> Path:
+        return self.slurm_env_dir or self.root / "job-env"
 
-_PATH_FIELDS = {"root", "ruleset", "kubeconfig", "copy_offload_cert_dir", "copy_offload_profiles"}
+
+_PATH_FIELDS = {
+    "root",
+    "ruleset",
+    "kubeconfig",
+    "copy_offload_cert_dir",
+    "copy_offload_profiles",
+    "slurm_env_dir",
+}
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:

@@ -86,6 +86,12 @@ class Lifecycle:
             self._backend = make_backend(self.config)
         return self._backend
 
+    def close(self) -> None:
+        """Release what the backend holds, if it was made (the local store's database connection)."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+
     def create(self, *, wlm: str, job_id: int | str, uid: int, gid: int, directives: Sequence[str]) -> str:
         """Create the job's Workflow and see Proposal through; on failure nothing is left behind."""
         obj = build_workflow(
@@ -131,6 +137,11 @@ class Lifecycle:
         for state in states:
             obj = self.advance_to(name, state, **kwargs)
         return obj
+
+    @property
+    def env_known_at(self) -> str:
+        """The state after which `environment()` is final on this backend (no cluster call)."""
+        return self.backend.env_known_at
 
     def environment(self, name: str) -> dict[str, str]:
         """status.env, plus DW_WORKFLOW_TOKEN when the workflow has a token."""

@@ -11,7 +11,9 @@ rc=0 is slurm.SUCCESS with the payload (pools JSON, bbstat text); rc=1 is slurm.
 as the message Slurm shows (sbatch error, job reason, SystemComment).
 
 job_process, pools and paths run inside slurmctld and block it: they import only what they need
-(never the Kubernetes client) and never touch the network on the local backend. job_process also
+(never the Kubernetes client) and never touch the network. On the Kubernetes backend the job's
+environment is final only at PreRun, after paths: pre_run writes it to a per-job file that Slurm's
+TaskProlog exports into every task (dwsbridge.job_env). job_process also
 records the header of every script it accepted in a small cache file (ValidatedHeaders), so that
 burst_buffer.lua can accept the same header again without starting Python at all.
 """
@@ -21,13 +23,16 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, NamedTuple
 
 from dwsbridge.errors import AdmissionError, DwsBridgeError
 
+# Not `from typing import TYPE_CHECKING`: `typing` (with `re`) costs ~8 ms of every hook process,
+# and the hook path to the bridge agent must stay minimal (mypy treats this name the same way).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Callable, Sequence
+    from typing import IO
 
     from dwsbridge.config import Config
     from dwsbridge.lifecycle import Lifecycle, WorkflowStatus
@@ -45,11 +50,25 @@ NOT_DIGITS = "A job ID must contain only digits."
 LOGGER = "dwsbridge.slurm"
 
 
-class HookResult(NamedTuple):
-    """What a hook hands back to Slurm: success or failure, and the string that goes with it."""
+class HookResult(tuple[bool, str]):
+    """What a hook hands back to Slurm: success or failure, and the string that goes with it.
+    (A plain tuple subclass rather than a NamedTuple, which would import `typing` at hook start.)"""
 
-    ok: bool
-    payload: str = ""
+    __slots__ = ()
+
+    def __new__(cls, ok: bool, payload: str = "") -> HookResult:
+        return super().__new__(cls, (ok, payload))
+
+    @property
+    def ok(self) -> bool:
+        return self[0]
+
+    @property
+    def payload(self) -> str:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"HookResult(ok={self[0]!r}, payload={self[1]!r})"
 
 
 # `logging` costs ~5 ms to import: job_process and pools succeed without it (burst_buffer.lua logs
@@ -61,7 +80,7 @@ def log() -> logging.Logger:
     import logging
 
     if _forward_to is not None:
-        _forward_records(_forward_to)
+        forward_records(_forward_to)
     return logging.getLogger(LOGGER)
 
 
@@ -145,7 +164,9 @@ class ValidatedHeaders:
     def _write(self, entries: list[str]) -> None:
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        import _thread
+
+        tmp = f"{self.path}.{os.getpid()}.{_thread.get_ident()}.tmp"  # the agent writes from threads
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as cache:
             cache.write("\n".join([f"{CACHE_MAGIC} {self.stamp}", *entries]) + "\n")
@@ -221,9 +242,16 @@ class SlurmHooks:
     """One method per burst_buffer.lua hook. Config and lifecycle are built on first use, so the
     fast hooks pay only for what they touch."""
 
-    def __init__(self, config: Config | None = None, lifecycle: Lifecycle | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        lifecycle: Lifecycle | None = None,
+        *,
+        cache_path: str | None = None,
+    ) -> None:
         self._config = config
         self._lifecycle = lifecycle
+        self._cache_path = cache_path  # None: $DWSBRIDGE_JOB_PROCESS_CACHE (the bridge agent passes it)
 
     @property
     def config(self) -> Config:
@@ -278,7 +306,7 @@ class SlurmHooks:
         return success()
 
     def header_cache(self) -> ValidatedHeaders | None:
-        path = os.environ.get(CACHE_ENV, "")
+        path = self._cache_path if self._cache_path is not None else os.environ.get(CACHE_ENV, "")
         if not path:
             return None
         return ValidatedHeaders(path, ValidatedHeaders.stamp_for(self.config))
@@ -300,17 +328,28 @@ class SlurmHooks:
         return success(json.dumps({"pools": pools}, separators=(",", ":")))
 
     def paths(self, job_id: str, script: str, path_file: str) -> HookResult:
+        """The job's environment into path_file. A backend whose environment is final only at PreRun
+        (DWS) is not asked at all: this runs inside slurmctld, before pre_run, and must not touch the
+        network. The job gets the workflow's name and namespace here and the rest from pre_run, through
+        the TaskProlog (see dwsbridge.job_env)."""
         job = parse_job_id(job_id)
         name = workflow_name(job)
-        if not self.lifecycle.exists(name):
+        from dwsbridge.workflow import PRE_RUN
+
+        lc = self.lifecycle
+        if lc.env_known_at == PRE_RUN:
+            if not self.script_directives(script):
+                return success()
+            env = {"DW_WORKFLOW_NAME": name, "DW_WORKFLOW_NAMESPACE": self.config.namespace}
+        elif lc.exists(name):
+            env = lc.environment(name)
+        else:
             return success()
-        env = self.lifecycle.environment(name)
-        lines = []
-        for key, value in sorted(env.items()):
-            if not key or "=" in key or "\n" in key or "\n" in value or "\0" in value:
-                log().warning("workflow=%s job=%s paths: skipped unsafe variable %r", name, job, key)
-                continue
-            lines.append(f"{key}={value}\n")
+        from dwsbridge.job_env import env_lines
+
+        lines, skipped = env_lines(env)
+        for key in skipped:
+            log().warning("workflow=%s job=%s paths: skipped unsafe variable %r", name, job, key)
         with open(path_file, "w", encoding="utf-8") as out:
             out.writelines(lines)
         log().info("workflow=%s job=%s paths: %d variable(s) for the job", name, job, len(lines))
@@ -365,11 +404,36 @@ class SlurmHooks:
     def pre_run(self, job_id: str, script: str) -> HookResult:
         job = parse_job_id(job_id)
         name = workflow_name(job)
-        if self.config.backend == "kubernetes" and self.lifecycle.exists(name):
+        exists = self.lifecycle.exists(name)
+        if self.config.backend == "kubernetes" and exists:
             hosts = job_nodes(job)
             if hosts:
                 self.lifecycle.set_computes(name, hosts)
-        return self._advance(job_id, script, "PreRun")
+        result = self._advance(job_id, script, "PreRun")
+        from dwsbridge.workflow import PRE_RUN
+
+        if exists and self.lifecycle.env_known_at == PRE_RUN:
+            self.write_job_env(job, name)
+        return result
+
+    def write_job_env(self, job: str, name: str) -> None:
+        """The environment `paths` could not know yet, for the TaskProlog (the job starts once
+        pre_run has succeeded, so every task sees it)."""
+        from dwsbridge.job_env import JobEnvFiles
+
+        env = self.lifecycle.environment(name)
+        owner = self.lifecycle.status(name)
+        files = JobEnvFiles(self.config.job_env_dir)
+        skipped = files.write(job, env, uid=owner.uid, gid=owner.gid)
+        for key in skipped:
+            log().warning("workflow=%s job=%s pre_run: skipped unsafe variable %r", name, job, key)
+        log().info(
+            "workflow=%s job=%s pre_run: %d variable(s) for the TaskProlog in %s",
+            name,
+            job,
+            len(env) - len(skipped),
+            files.path(job),
+        )
 
     def post_run(self, job_id: str, script: str) -> HookResult:
         return self._advance(job_id, script, "PostRun")
@@ -384,6 +448,12 @@ class SlurmHooks:
         job = parse_job_id(job_id)
         name = workflow_name(job)
         in_hurry = parse_hurry(hurry)
+        from dwsbridge.job_env import JobEnvFiles
+
+        try:  # the job's copy of the token goes first; the workflow's teardown must happen regardless
+            JobEnvFiles(self.config.job_env_dir).remove(job)
+        except DwsBridgeError as exc:
+            log().warning("workflow=%s job=%s teardown: %s", name, job, exc)
         if not self.lifecycle.exists(name):
             log().info("workflow=%s job=%s teardown: no workflow (already gone)", name, job)
             return success()
@@ -537,14 +607,16 @@ def _job_of(hook: str, args: Sequence[str]) -> str:
 
 
 def write_result(result: HookResult, stream: IO[bytes]) -> None:
+    """The end of the result protocol: the payload and the status line (log lines come before)."""
     payload = result.payload.encode("utf-8", errors="replace")
     stream.write(payload + b"\n" + f"{MARK} rc={0 if result.ok else 1} len={len(payload)}\n".encode())
     stream.flush()
 
 
-def _forward_records(stream: IO[str]) -> None:
+def forward_records(stream: IO[str]) -> None:
     """Send dwsbridge's log records to `stream` as `@@DWSBRIDGE log` lines (once per process);
-    burst_buffer.lua forwards them to slurmctld's log (grep for "dwsbridge")."""
+    burst_buffer.lua forwards them to slurmctld's log (grep for "dwsbridge"). The bridge agent
+    passes a stream that keeps each request's lines apart (dwsbridge.agent)."""
     import logging
 
     root = logging.getLogger("dwsbridge")
@@ -569,9 +641,20 @@ def _forward_records(stream: IO[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -I -m dwsbridge.slurm HOOK ARGS`: through the bridge agent when one serves
+    $DWSBRIDGE_AGENT_SOCKET, else in-process (dwsbridge.hookclient)."""
+    from dwsbridge.hookclient import main as hook_main
+
+    return hook_main(argv)
+
+
+def run_in_process(args: Sequence[str], *, fallback_note: str = "") -> int:
+    """Run one hook in this process and print its result: what every hook did before the agent,
+    and what it still does when no agent answers."""
     global _forward_to
-    args = list(sys.argv[1:] if argv is None else argv)
     _forward_to = sys.stderr
+    if fallback_note:
+        log().warning("%s; running %s in-process", fallback_note, args[0])
     if not args or args[0] in ("-h", "--help"):
         result = failure(
             "usage: python -I -m dwsbridge.slurm HOOK [ARGS...]  (run by burst_buffer.lua); hooks: "

@@ -1,13 +1,21 @@
 --[[
 burst_buffer.lua: the dwsbridge shim for Slurm's burst_buffer/lua plugin.
 
-Install it with `dwsbridge slurm install --etc /etc/slurm`, which fills in the two
+Install it with `dwsbridge slurm install --etc /etc/slurm`, which fills in the
 settings below. Every hook only translates Slurm's calling convention: it runs
 
-    <PYTHON> -I -m dwsbridge.slurm <hook> <args...>
+    <PYTHON> -I -S -c <LAUNCHER> <hook> <args...>    (or, without a launcher,
+    <PYTHON> -I -m dwsbridge.slurm <hook> <args...>)
 
 and turns the bridge's result back into what Slurm expects. All logic lives in
 the dwsbridge Python package. Written for Lua 5.1 (what Slurm 22.05 links).
+
+Bridge agent: with AGENT_SOCKET set, the hook process hands the hook to the
+long-running `dwsbridge agent` over that Unix socket and relays its result;
+when no agent runs there it runs the bridge in-process (same result). Lua 5.1
+has no sockets, so a small Python process remains: LAUNCHER puts the bridge's
+package directory on sys.path and starts the relay without `site` (-S), which
+saves ~10 ms a hook; it adds site-packages itself when it must fall back.
 
 Result protocol (Lua 5.1's io.popen():close() gives no exit status): the bridge's
 output ends with one status line
@@ -32,6 +40,8 @@ Troubleshooting: grep the slurmctld log for "dwsbridge".
 local PYTHON = "@DWSBRIDGE_PYTHON@"
 local CONFIG = "@DWSBRIDGE_CONFIG@"
 local CACHE = "@DWSBRIDGE_CACHE@"
+local AGENT_SOCKET = "@DWSBRIDGE_AGENT_SOCKET@"
+local LAUNCHER = "@DWSBRIDGE_LAUNCHER@"
 
 local unpack = unpack or table.unpack -- Lua 5.1 has the global; 5.2+ moved it
 
@@ -169,7 +179,14 @@ local function command_line(hook, args)
 	if is_set(CACHE, "DWSBRIDGE_CACHE") then
 		parts[#parts + 1] = "DWSBRIDGE_JOB_PROCESS_CACHE=" .. shell_quote(CACHE)
 	end
-	parts[#parts + 1] = "exec " .. shell_quote(PYTHON) .. " -I -m dwsbridge.slurm " .. hook
+	if is_set(AGENT_SOCKET, "DWSBRIDGE_AGENT_SOCKET") then
+		parts[#parts + 1] = "DWSBRIDGE_AGENT_SOCKET=" .. shell_quote(AGENT_SOCKET)
+	end
+	if is_set(LAUNCHER, "DWSBRIDGE_LAUNCHER") then
+		parts[#parts + 1] = "exec " .. shell_quote(PYTHON) .. " -I -S -c " .. shell_quote(LAUNCHER) .. " " .. hook
+	else
+		parts[#parts + 1] = "exec " .. shell_quote(PYTHON) .. " -I -m dwsbridge.slurm " .. hook
+	end
 	for i = 1, args.n do
 		parts[#parts + 1] = shell_quote(args[i])
 	end

@@ -114,6 +114,12 @@ class Cluster:
     def storage(self, job: str) -> Path:
         return self.lifecycle.config.root / "storage" / "jobs" / f"bb{job}"
 
+    def agent_lines(self, job: str) -> list[str]:
+        """The bridge agent's request log lines for this job (one per hook it served)."""
+        path = BASE / "log" / "agent.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return [line for line in lines if f" job={job} " in line]
+
     def log_lines(self, job: str) -> list[str]:
         text = (BASE / "log" / "slurmctld.log").read_text(errors="replace")
         return [line for line in text.splitlines() if "dwsbridge" in line and f"job={job} " in line]
@@ -135,7 +141,7 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(env, Lifecycle(config), pwd.getpwnam(USER))
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=120)
-    for daemon in ("slurmctld", "slurmd", "munged"):
+    for daemon in ("slurmctld", "slurmd", "munged", "agent"):
         assert not (BASE / "run" / f"{daemon}.pid").exists(), f"{daemon} left running"
 
 
@@ -337,6 +343,30 @@ def test_failing_copy_in_holds_the_job_naming_the_directive(cluster: Cluster, ki
     assert cluster.wait_state(job, "CANCELLED") == "CANCELLED"
     assert not cluster.storage(job).exists()
     assert not (work / "job.sh.out").exists()
+
+
+# --- the bridge agent ---------------------------------------------------------------------------------
+
+
+def test_hooks_run_through_the_agent_and_in_process_without_it(cluster: Cluster) -> None:
+    """testenv starts the agent (DWSB_SLURM_AGENT=0 would not); with it stopped, every hook falls back
+    to running the bridge in-process and the job runs all the same."""
+    work = cluster.workdir("agent")
+    served = cluster.submit(work, "echo $DW_JOB_scratch", JOBDW, name="served.sh")
+    assert cluster.wait_state(served, "COMPLETED", "FAILED") == "COMPLETED"
+    cluster.wait_gone(served)
+    hooks = {line.split(" hook=")[1].split()[0] for line in cluster.agent_lines(served)}
+    assert {"setup", "data_in", "paths", "pre_run", "post_run", "data_out", "job_teardown"} <= hooks
+    cluster.run(str(SCRIPT), "agent-stop")
+    try:
+        job = cluster.submit(work, "echo $DW_JOB_scratch", JOBDW, name="inprocess.sh")
+        assert cluster.wait_state(job, "COMPLETED", "FAILED") == "COMPLETED"
+        cluster.wait_gone(job)
+        assert (work / "inprocess.sh.out").read_text().strip().endswith(f"/bb{job}/scratch")
+        assert cluster.agent_lines(job) == []
+        assert any("job_teardown" in line and "rc=success" in line for line in cluster.log_lines(job))
+    finally:
+        cluster.run(str(SCRIPT), "agent-start")
 
 
 # --- many at once -----------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ class Backend(Protocol):
     """Where Workflows live. `update_desired_state` is the only way a state changes."""
 
     name: str
+    # The first state after which status.env (with the token) is final: "Setup" when the backend
+    # fills it at Setup (local), "PreRun" for DWS, whose driver sets DW_JOB_* during PreRun.
+    env_known_at: str
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create the Workflow (admission rules apply); returns the stored object."""

@@ -1,21 +1,31 @@
-"""`dwsbridge slurm install`: put burst_buffer.lua and burst_buffer.conf beside slurm.conf."""
+"""`dwsbridge slurm install`: put burst_buffer.lua, burst_buffer.conf and the TaskProlog beside slurm.conf."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dwsbridge.errors import ConfigError
 
+if TYPE_CHECKING:
+    from dwsbridge.config import Config
+
 SLURM_CONF_LINE = "BurstBufferType=burst_buffer/lua"
+TASK_PROLOG = "dwsbridge-task-prolog"
+TASK_PROLOG_KEY = "TaskProlog"
+ENV_DIR_PLACEHOLDER = "@DWSBRIDGE_ENV_DIR@"
 PYTHON_PLACEHOLDER = "@DWSBRIDGE_PYTHON@"
 CONFIG_PLACEHOLDER = "@DWSBRIDGE_CONFIG@"
 CACHE_PLACEHOLDER = "@DWSBRIDGE_CACHE@"
+AGENT_SOCKET_PLACEHOLDER = "@DWSBRIDGE_AGENT_SOCKET@"
+LAUNCHER_PLACEHOLDER = "@DWSBRIDGE_LAUNCHER@"
+AGENT_UNIT = "dwsbridge-agent.service"
 CACHE_FILE = "slurm/job_process.cache"  # under the configured root
 
 INSTALL_EPILOG = f"""\
@@ -25,11 +35,15 @@ examples:
   dwsbridge slurm install --etc /etc/slurm --python /opt/dwsbridge/bin/python \\
       --config /etc/dwsbridge/config.yaml
 
-Then add this line to slurm.conf and restart slurmctld:
+Then add these lines to slurm.conf and restart slurmctld and slurmd:
   {SLURM_CONF_LINE}
+  {TASK_PROLOG_KEY}=DIR/{TASK_PROLOG}
 
 The interpreter must be an absolute path that can `import dwsbridge` when run with -I (a virtualenv's
 bin/python is fine; avoid pyenv shims, they cost ~80 ms per hook). Hooks run as root inside slurmctld.
+The TaskProlog exports the job's environment file (<slurm_env_dir>/<jobid>.env, written by pre_run
+when the backend knows the environment only at PreRun, as Kubernetes/DWS does) into every task; it
+must exist at the same path on every compute node, and so must slurm_env_dir (a shared filesystem).
 """
 
 
@@ -44,9 +58,11 @@ def register(subparsers: Any) -> None:
     actions = slurm.add_subparsers(dest="slurm_command", metavar="ACTION")
     install = actions.add_parser(
         "install",
-        help="write burst_buffer.lua and burst_buffer.conf into Slurm's configuration directory",
-        description="Write burst_buffer.lua (with the interpreter and configuration paths filled in) and "
-        "burst_buffer.conf into DIR, the directory that holds slurm.conf.",
+        help="write burst_buffer.lua, burst_buffer.conf and the TaskProlog into Slurm's configuration "
+        "directory",
+        description="Write burst_buffer.lua (with the interpreter and configuration paths filled in), "
+        f"burst_buffer.conf and {TASK_PROLOG} (Slurm's TaskProlog: exports the job's environment "
+        "files) into DIR, the directory that holds slurm.conf.",
         epilog=INSTALL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -75,6 +91,24 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not check that the interpreter can import dwsbridge",
     )
+    from dwsbridge.hookclient import DEFAULT_SOCKET
+
+    install.add_argument(
+        "--agent-socket",
+        metavar="PATH",
+        default=DEFAULT_SOCKET,
+        help="socket of the bridge agent (`dwsbridge agent`) the hooks hand their work to; they run the "
+        "bridge in-process when no agent serves it (default %(default)s)",
+    )
+    install.add_argument(
+        "--no-agent", action="store_true", help="never use the bridge agent: every hook runs in-process"
+    )
+    install.add_argument(
+        "--no-launcher",
+        action="store_true",
+        help="start hooks as `python -I -m dwsbridge.slurm` (default: a launcher that starts Python "
+        "without `site` and puts the bridge's package directory on sys.path itself, ~10 ms faster)",
+    )
     install.set_defaults(handler=cmd_install)
     slurm.set_defaults(handler=lambda args: _usage(slurm))
 
@@ -93,22 +127,79 @@ def lua_string_body(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
 
 
-def render_lua(python: str, config: str | None, cache: str | None = None) -> str:
+def render_lua(
+    python: str,
+    config: str | None,
+    cache: str | None = None,
+    *,
+    agent_socket: str | None = None,
+    launcher: str | None = None,
+) -> str:
     text = template("burst_buffer.lua")
     text = text.replace(PYTHON_PLACEHOLDER, lua_string_body(python))
     text = text.replace(CACHE_PLACEHOLDER, lua_string_body(cache or ""))
+    text = text.replace(AGENT_SOCKET_PLACEHOLDER, lua_string_body(agent_socket or ""))
+    text = text.replace(LAUNCHER_PLACEHOLDER, lua_string_body(launcher or ""))
     return text.replace(CONFIG_PLACEHOLDER, lua_string_body(config or ""))
+
+
+def launcher_code(package_dir: str) -> str:
+    """What `python -I -S -c` runs for a hook: the agent relay, with the bridge importable without
+    `site` (dwsbridge.hookclient adds site-packages itself if it has to run the hook in-process)."""
+    return (
+        f"import sys; sys.path.insert(0, {package_dir!r}); "
+        "from dwsbridge.hookclient import main; sys.exit(main())"
+    )
+
+
+def package_dir(python: str) -> str:
+    """The directory holding the `dwsbridge` package as `python -I` imports it."""
+    code = "import dwsbridge, os.path as p; print(p.dirname(p.dirname(p.abspath(dwsbridge.__file__))))"
+    proc = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise ConfigError(f"{python} -I cannot import dwsbridge; pass --python PATH")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def check_launcher(python: str, launcher: str) -> None:
+    proc = subprocess.run(
+        [python, "-I", "-S", "-c", launcher, "--help"], capture_output=True, text=True, timeout=60
+    )
+    if "@@DWSBRIDGE rc=" not in proc.stdout:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise ConfigError(f"the hook launcher does not work with {python} ({last}); pass --no-launcher")
+
+
+def render_task_prolog(env_dir: str) -> str:
+    return template(TASK_PROLOG).replace(ENV_DIR_PLACEHOLDER, shlex.quote(env_dir))
+
+
+def hooks_config(config: str | None) -> Config:
+    """The configuration the hooks will load: `config`, else /etc/dwsbridge/config.yaml when present
+    (defaults when the file does not exist yet)."""
+    from dwsbridge.config import DEFAULT_CONFIG_PATH, Config, load_config
+
+    path = config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else None)
+    try:
+        return load_config(path) if path and os.path.isfile(path) else Config()
+    except ConfigError:
+        return Config()
 
 
 def default_cache(config: str | None) -> str:
     """`<root>/slurm/job_process.cache`, root from the configuration the hooks will use."""
-    from dwsbridge.config import DEFAULT_ROOT, load_config
+    return os.path.join(os.path.abspath(hooks_config(config).root), CACHE_FILE)
 
-    try:
-        root = load_config(config).root if config and os.path.isfile(config) else DEFAULT_ROOT
-    except ConfigError:
-        root = DEFAULT_ROOT
-    return os.path.join(os.path.abspath(root), CACHE_FILE)
+
+def default_env_dir(config: str | None) -> str:
+    """`slurm_env_dir` (default `<root>/job-env`) of the configuration the hooks will use."""
+    return os.path.abspath(hooks_config(config).job_env_dir)
+
+
+def agent_unit(python: str, socket_path: str, config: str | None) -> str:
+    from dwsbridge.agent import systemd_unit
+
+    return systemd_unit(python, socket_path, config)
 
 
 def check_interpreter(python: str) -> None:
@@ -137,33 +228,80 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not args.no_check:
         check_interpreter(python)
 
+    agent_socket = None if args.no_agent else os.path.abspath(args.agent_socket)
+    launcher = None
+    if not args.no_launcher:
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        launcher = launcher_code(here if args.no_check else package_dir(python))
+        if not args.no_check:
+            check_launcher(python, launcher)
+
     written = []
-    for name, text in (
-        ("burst_buffer.lua", render_lua(python, config, None if args.no_cache else default_cache(config))),
-        ("burst_buffer.conf", template("burst_buffer.conf")),
+    env_dir = default_env_dir(config)
+    for name, text, mode in (
+        (
+            "burst_buffer.lua",
+            render_lua(
+                python,
+                config,
+                None if args.no_cache else default_cache(config),
+                agent_socket=agent_socket,
+                launcher=launcher,
+            ),
+            0o644,
+        ),
+        ("burst_buffer.conf", template("burst_buffer.conf"), 0o644),
+        (TASK_PROLOG, render_task_prolog(env_dir), 0o755),
+        *(() if agent_socket is None else ((AGENT_UNIT, agent_unit(python, agent_socket, config), 0o644),)),
     ):
         path = etc / name
         tmp = path.with_name(f".{name}.tmp")
         tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o644)
+        tmp.chmod(mode)
         tmp.replace(path)
         written.append(path)
 
     for path in written:
         print(f"wrote {path}")
-    print(f"hooks run: {python} -I -m dwsbridge.slurm" + (f" (DWSBRIDGE_CONFIG={config})" if config else ""))
+    start = f"{python} -I -S -c <launcher>" if launcher else f"{python} -I -m dwsbridge.slurm"
+    print(f"hooks run: {start}" + (f" (DWSBRIDGE_CONFIG={config})" if config else ""))
+    if agent_socket is not None:
+        command = f"{python} -I -m dwsbridge agent --socket {agent_socket}" + (
+            f" --config {config}" if config else ""
+        )
+        print(f"hooks hand their work to the bridge agent at {agent_socket} when it runs; start it as root:")
+        print(f"  {command}")
+        unit = etc.absolute() / AGENT_UNIT
+        print(f"  or: cp {unit} /etc/systemd/system/ && systemctl enable --now dwsbridge-agent")
+    print(f"job environment files (TaskProlog): {env_dir}/<jobid>.env")
     slurm_conf = etc / "slurm.conf"
-    if slurm_conf.is_file() and _has_line(slurm_conf, SLURM_CONF_LINE):
-        print(f"{slurm_conf} already has {SLURM_CONF_LINE}; restart slurmctld to load the plugin")
+    prolog_line = f"{TASK_PROLOG_KEY}={etc.absolute() / TASK_PROLOG}"
+    present = _conf_lines(slurm_conf)
+    missing = [line for line in (SLURM_CONF_LINE, prolog_line) if line not in present]
+    other_prolog = [
+        line
+        for line in present
+        if line.lower().startswith(TASK_PROLOG_KEY.lower() + "=") and line != prolog_line
+    ]
+    if not missing:
+        print(f"{slurm_conf} already has {SLURM_CONF_LINE} and {prolog_line}; restart slurmctld and slurmd")
     else:
-        print(f"add this line to {slurm_conf} and restart slurmctld:")
-        print(f"  {SLURM_CONF_LINE}")
+        print(f"add to {slurm_conf} and restart slurmctld and slurmd:")
+        for line in missing:
+            print(f"  {line}")
+    if other_prolog:
+        print(
+            f"{slurm_conf} already names another TaskProlog ({other_prolog[0]}): Slurm runs only one, so "
+            f"either use ours or have yours print the output of {etc.absolute() / TASK_PROLOG}"
+        )
     return 0
 
 
-def _has_line(path: Path, line: str) -> bool:
+def _conf_lines(path: Path) -> list[str]:
+    """slurm.conf's settings, comments and blanks dropped, spaces removed."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    return any(row.strip().replace(" ", "") == line for row in text.splitlines())
+        return []
+    rows = (row.split("#", 1)[0].strip().replace(" ", "") for row in text.splitlines())
+    return [row for row in rows if row]

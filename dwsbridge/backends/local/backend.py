@@ -21,7 +21,7 @@ from dwsbridge.backends.local.driver import DriverError, LocalDriver
 from dwsbridge.backends.local.store import Store
 from dwsbridge.config import Config
 from dwsbridge.errors import AdmissionError, Cancelled, WorkflowNotFound, WorkflowTimeout
-from dwsbridge.workflow import advanced, check_create, check_update, is_state_complete
+from dwsbridge.workflow import SETUP, advanced, check_create, check_update, is_state_complete
 
 log = logging.getLogger("dwsbridge.local")
 
@@ -32,11 +32,16 @@ def _now() -> str:
 
 class LocalBackend:
     name = "local"
+    env_known_at = SETUP  # the driver fills status.env at Setup
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(config.root)
         self.driver = LocalDriver(config, self.store)
+
+    def close(self) -> None:
+        """Close the database connection (a long-lived caller, the bridge agent, makes one per request)."""
+        self.store.close()
 
     # --- create / read ---------------------------------------------------------------------
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:

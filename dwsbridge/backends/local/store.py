@@ -147,6 +147,15 @@ class Store:
         start = process_start_time(pid) if pid else None
         conn.execute("UPDATE workflows SET lease_pid = ?, lease_start = ? WHERE name = ?", (pid, start, name))
 
+    def release_lease(self, name: str, pid: int) -> None:
+        """Clear the lease on `name` if `pid` holds it (the bridge agent, once no request of its own
+        works on the workflow: for the agent a finished request is what a finished process is)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE workflows SET lease_pid = NULL, lease_start = NULL WHERE name = ? AND lease_pid = ?",
+                (name, pid),
+            )
+
     def lease_alive(self, conn: sqlite3.Connection | None, name: str) -> bool:
         row = (
             (conn or self._conn)
