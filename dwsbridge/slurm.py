@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from typing import IO
 
     from dwsbridge.config import Config
-    from dwsbridge.lifecycle import Lifecycle, WorkflowStatus
+    from dwsbridge.lifecycle import Lifecycle
 
 WLM = "slurm"
 MARK = "@@DWSBRIDGE"
@@ -480,6 +480,8 @@ class SlurmHooks:
     def get_status(self, *args: str) -> HookResult:
         words = bbstat_words(args)
         if not words or words == ["list"]:
+            from dwsbridge.display import format_table
+
             return success(format_table([s for s in self.lifecycle.list() if s.wlm in ("", WLM)]))
         if words[0] == "workflow" and len(words) == 2:
             job = words[1]
@@ -520,49 +522,6 @@ def job_nodes(job: str) -> list[str]:
         log().warning("job=%s cannot list the job's nodes: %s", job, exc)
         return []
     return hosts
-
-
-def format_table(statuses: Sequence[WorkflowStatus]) -> str:
-    header = ("NAME", "JOB", "USER", "DESIRED", "CURRENT", "READY", "STATUS", "AGE")
-    rows = [header]
-    for s in sorted(statuses, key=lambda s: (len(s.job_id), s.job_id)):
-        rows.append(
-            (
-                s.name,
-                s.job_id,
-                user_name(s.uid),
-                s.desired,
-                s.current,
-                "true" if s.ready else "false",
-                s.status or "-",
-                format_age(s.age),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    if len(rows) == 1:
-        lines.append("(no workflows)")
-    return "\n".join(lines) + "\n"
-
-
-def user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return str(uid)
-
-
-def format_age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 # --- dispatch and the result protocol ----------------------------------------------------------

@@ -165,9 +165,12 @@ def test_every_slurm_2205_hook_and_the_2405_test_hooks_are_defined(shim: Shim) -
         assert lua51.lua_type(g[name]) == "function", name
 
 
-def test_slurm_directory_copies_match_the_packaged_templates() -> None:
+def test_slurm_directory_shows_the_packaged_templates_not_copies() -> None:
     for name in ("burst_buffer.lua", "burst_buffer.conf"):
-        assert (REPO / "slurm" / name).read_text() == template(name), f"slurm/{name} differs"
+        documented = REPO / "slurm" / name
+        assert documented.is_symlink(), f"slurm/{name} must link to dwsbridge/data/{name}, not copy it"
+        assert documented.resolve() == (REPO / "dwsbridge" / "data" / name).resolve()
+        assert documented.read_text() == template(name)
 
 
 def test_conf_template_sets_directive_and_teardown_failure() -> None:

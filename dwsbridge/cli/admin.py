@@ -147,36 +147,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in rows] if not args.name else rows[0].as_dict(), indent=2))
         return 0
-    print(format_table(rows))
+    from dwsbridge.display import format_table
+
+    print(format_table(rows), end="")
     return 0
-
-
-def format_table(rows: list[Any]) -> str:
-    import pwd
-
-    def user(uid: int) -> str:
-        try:
-            return pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return str(uid)
-
-    header = ("NAME", "JOB", "USER", "DESIRED", "CURRENT", "READY", "STATUS", "AGE")
-    table = [header] + [
-        (r.name, r.job_id, user(r.uid), r.desired, r.current, str(r.ready).lower(), r.status, _age(r.age))
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
-    )
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{int(seconds)}s"
-    if seconds < 7200:
-        return f"{int(seconds // 60)}m"
-    return f"{int(seconds // 3600)}h"
 
 
 def cmd_env(args: argparse.Namespace) -> int:
