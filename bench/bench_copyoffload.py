@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.markdown import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Copy-offload server"
 CONNECTIONS = (1, 16, 64)
@@ -304,19 +306,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace our section (up to the next '## ' heading) or append it; leave other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        end = len(text) if nxt < 0 else nxt + 1
-        text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

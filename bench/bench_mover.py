@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.markdown import write_section
 from copyoffload.mover import CopyOptions, copy_tree
 
 ROOT = Path("/tmp/dwsb-bench")
@@ -142,19 +143,6 @@ def fs_type(path: str) -> str:
     return out or "unknown"
 
 
-def write_section(markdown: str, path: Path) -> None:
-    """Replace (or append) only the "## Data mover" section of BENCHMARKS.md."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + markdown
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        rest = text[nxt + 1 :] if nxt >= 0 else ""
-        text = text[:start] + markdown + ("\n" + rest if rest else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="256 MiB and 2,000 files, 3 rounds")
@@ -178,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = render(results, args.rounds, command)
     print(markdown)
     if args.write_markdown:
-        write_section(markdown, args.write_markdown)
+        write_section(args.write_markdown, markdown)
     return 0
 
 

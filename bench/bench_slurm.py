@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.markdown import write_section
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "testenv" / "slurm-cluster"
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -170,16 +172,6 @@ class Bench:
     def job_process_logged(self) -> list[float]:
         text = (BASE / "log" / "slurmctld.log").read_text(errors="replace")
         return [float(ms) for ms in re.findall(r"dwsbridge/lua: job_process job=- rc=success (\d+)ms", text)]
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Slurm\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> int:

@@ -154,6 +154,7 @@ class CopyOffloadClient:
         self.cert = cert or env.get("COPY_OFFLOAD_CERT") or DEFAULT_CERT
         self.skip_tls = skip_tls
         self.timeout = timeout
+        self._environ = env
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None
@@ -205,10 +206,10 @@ class CopyOffloadClient:
             "slots": int(slots),
             "maxSlots": int(max_slots),
         }
-        workflow = os.environ.get("DW_WORKFLOW_NAME")
+        workflow = self._environ.get("DW_WORKFLOW_NAME")
         if workflow:
             body["workflowName"] = workflow
-            body["workflowNamespace"] = os.environ.get("DW_WORKFLOW_NAMESPACE", "default")
+            body["workflowNamespace"] = self._environ.get("DW_WORKFLOW_NAMESPACE", "default")
         text = self._call("POST", "/trial", json.dumps(body).encode("utf-8"), "application/json")
         _, sep, name = text.strip().partition("=")
         if not sep or not name:

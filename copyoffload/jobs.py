@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from copyoffload.privileges import credentials_for
+
 # States and statuses of the v1.0 API (DataMovementStatusResponse).
 PENDING, STARTING, RUNNING, COMPLETED, CANCELLING = (
     "pending",
@@ -42,6 +44,8 @@ SUCCESS, FAILED, CANCELLED, INVALID, UNKNOWN_STATUS = (
 )
 
 DEFAULT_PROFILES = Path(__file__).with_name("data") / "profiles.yaml"
+# The built-in mover forks one process per worker: a request's slots never take it past this.
+MOVER_MAX_WORKERS = 64
 
 
 class RequestRejected(Exception):
@@ -101,11 +105,17 @@ class Profile:
     progress_interval: float = 1.0
 
     def workers_for(self, slots: int, max_slots: int) -> int:
-        """-1 defers to the profile, 0 disables parallelism (one worker), N asks for N workers."""
+        """-1 defers to the profile, 0 disables parallelism (one worker), N asks for N workers.
+
+        The built-in mover is held to MOVER_MAX_WORKERS whatever the request asks (an external command
+        sizes its own parallelism, e.g. mpirun slots across nodes).
+        """
         workers = self.workers if slots == -1 else (1 if slots == 0 else slots)
         cap = self.max_workers if max_slots == -1 else max_slots
         if cap > 0:
             workers = min(workers, cap)
+        if not self.command:
+            workers = min(workers, MOVER_MAX_WORKERS)
         return max(1, workers)
 
 
@@ -275,7 +285,8 @@ def command_copier(
             argv.append(part.format(**values))
     kwargs: dict[str, Any] = {}
     if os.geteuid() == 0 and uid != 0:
-        kwargs.update(user=uid, group=gid, extra_groups=[])
+        creds = credentials_for(uid, gid)  # the user's own groups, as the built-in mover has them
+        kwargs.update(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
     elif uid != os.geteuid():
         raise CopyFailed(f"cannot run the copy as uid {uid} without root")
     try:
@@ -284,6 +295,7 @@ def command_copier(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            cwd="/",
             start_new_session=True,
             **kwargs,
         )
@@ -294,7 +306,10 @@ def command_copier(
     on_child(proc.pid)
 
     def kill_on_cancel() -> None:
-        cancel.wait()
+        """Ends with the command: a watcher left waiting on ``cancel`` would leak a thread per copy."""
+        while not cancel.wait(0.2):
+            if proc.poll() is not None:
+                return
         if proc.poll() is None:
             _kill_group(proc.pid, signal.SIGTERM)
             try:
@@ -307,16 +322,18 @@ def command_copier(
     last = ""
     tail: list[str] = []
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.decode("utf-8", "replace").rstrip()
-        if not line:
-            continue
-        last = line
-        tail = [*tail[-19:], line]
-        m = _PERCENT.search(line)
-        if m:
-            progress(Progress(percent=min(100, int(m.group(1) or m.group(2)))))
+    with proc.stdout:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line:
+                continue
+            last = line
+            tail = [*tail[-19:], line]
+            m = _PERCENT.search(line)
+            if m:
+                progress(Progress(percent=min(100, int(m.group(1) or m.group(2)))))
     rc = proc.wait()
+    watcher.join()
     if cancel.is_set():
         raise CopyAborted()
     if rc != 0:

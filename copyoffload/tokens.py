@@ -148,7 +148,7 @@ _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 def _decode_part(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64decode(text))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON in a hostile token
         raise TokenError(f"token is malformed: could not base64 or JSON decode {what}") from None
     if not isinstance(value, dict):
         raise TokenError(f"token is malformed: {what} is not a JSON object")
@@ -191,9 +191,7 @@ class TokenVerifier:
         header = _decode_part(parts[0], "header")
         claims = _decode_part(parts[1], "claims")
         if header.get("alg") != ALGORITHM:
-            raise TokenError(
-                "token is unverifiable: error while executing keyfunc: unexpected signing method"
-            )
+            raise TokenError(UNEXPECTED_METHOD)
         try:
             signature = _b64decode(parts[2])
         except ValueError:

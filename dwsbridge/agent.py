@@ -287,8 +287,14 @@ class Agent:
         directory = os.path.dirname(self.socket_path)
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700)
-        elif os.stat(directory).st_uid != 0:
-            raise ConfigError(f"{directory} is not owned by root: refusing to put the agent socket there")
+        else:
+            st = os.stat(directory)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                # Whoever may write the directory may put their own socket in the agent's place.
+                raise ConfigError(
+                    f"{directory} must be owned by root and writable by root alone (it is uid {st.st_uid},"
+                    f" mode {stat.S_IMODE(st.st_mode):04o}): refusing to put the agent socket there"
+                )
         if os.path.lexists(self.socket_path):
             if not stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
                 raise ConfigError(f"{self.socket_path} exists and is not a socket")

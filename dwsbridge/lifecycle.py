@@ -13,7 +13,15 @@ from typing import Any
 from dwsbridge.backends.base import Backend, Pool
 from dwsbridge.config import Config, load_config
 from dwsbridge.errors import WorkflowFailed, WorkflowNotFound
-from dwsbridge.workflow import PROPOSAL, STATES, TEARDOWN, build_workflow, is_state_complete, workflow_name
+from dwsbridge.workflow import (
+    PROPOSAL,
+    STATES,
+    TEARDOWN,
+    build_workflow,
+    is_failed,
+    is_state_complete,
+    workflow_name,
+)
 
 log = logging.getLogger("dwsbridge.lifecycle")
 
@@ -125,7 +133,7 @@ class Lifecycle:
                 name, state, timeout=timeout or self.config.state_timeout, cancel=cancel
             )
         status = obj.get("status") or {}
-        if status.get("status") == "Error" or not is_state_complete(obj, state):
+        if is_failed(obj) or not is_state_complete(obj, state):
             message = status.get("message") or f"state {status.get('state')} is {status.get('status')}"
             log.error("workflow=%s %s failed: %s", name, state, message)
             raise WorkflowFailed(name, state, message)
@@ -180,9 +188,8 @@ class Lifecycle:
                 obj = self.backend.update_desired_state(name, TEARDOWN, hurry=hurry)
             if not is_state_complete(obj, TEARDOWN):
                 obj = self.backend.wait_for(name, TEARDOWN, timeout=self.config.state_timeout)
-            status = obj.get("status") or {}
-            if status.get("status") == "Error":
-                failure = WorkflowFailed(name, TEARDOWN, status.get("message", ""))
+            if is_failed(obj):
+                failure = WorkflowFailed(name, TEARDOWN, (obj.get("status") or {}).get("message", ""))
         except WorkflowNotFound:
             return
         finally:

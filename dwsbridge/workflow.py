@@ -143,6 +143,7 @@ def is_state_complete(obj: Mapping[str, Any], state: str) -> bool:
 
 
 def is_failed(obj: Mapping[str, Any]) -> bool:
+    """Status Error is fatal in every state: the WLM goes to Teardown (TransientCondition may recover)."""
     return (obj.get("status") or {}).get("status") == "Error"
 
 

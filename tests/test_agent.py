@@ -23,6 +23,7 @@ import pytest
 
 from dwsbridge import hookclient
 from dwsbridge.agent import Agent
+from dwsbridge.errors import ConfigError
 from tests.conftest import IS_ROOT
 from tests.helpers_users import ensure_user
 
@@ -306,6 +307,15 @@ def test_a_second_agent_on_the_same_socket_is_refused(agent: RunningAgent) -> No
     )
     assert proc.returncode != 0
     assert "another dwsbridge agent already serves" in proc.stderr
+
+
+def test_the_agent_refuses_a_socket_directory_others_may_write(world_tmp: Path) -> None:
+    shared = world_tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp: anyone could put a socket of their own in the agent's place
+    with pytest.raises(ConfigError, match="writable by root alone"):
+        Agent(shared / "agent.sock").bind()
+    assert not (shared / "agent.sock").exists()
 
 
 # --- the installer ----------------------------------------------------------------------------------------

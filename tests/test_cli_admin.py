@@ -130,3 +130,22 @@ def test_every_command_has_help_with_examples() -> None:
             [sys.executable, "-m", "dwsbridge", command, "--help"], capture_output=True, text=True, check=True
         ).stdout
         assert "examples:" in out, command
+
+
+def test_create_judges_the_directives_by_the_configured_ruleset(
+    env_root: Path,
+    world_tmp: Path,
+    job_user: pwd.struct_passwd,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rules = world_tmp / "rules.yaml"
+    rules.write_text("kind: DWDirectiveRule\nspec:\n- command: widget\n  ruleDefs: []\n")
+    config = world_tmp / "config.yaml"
+    config.write_text(f"ruleset: {rules}\n")
+    monkeypatch.setenv("DWSBRIDGE_CONFIG", str(config))
+    script = world_tmp / "widget.sh"
+    script.write_text("#!/bin/bash\n#DW widget\necho hi\n")
+    assert main(create(script, job_user, job_id="43")) == 0
+    assert capsys.readouterr().out.strip() == "bb43"
+    assert main(["teardown", "bb43"]) == 0

@@ -187,6 +187,20 @@ def test_client_reads_everything_from_the_environment(server: Running, tmp_path:
         assert co.hello() == "hello back at ya"
 
 
+def test_copy_names_the_workflow_from_the_given_environment(
+    server: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert server.tls is not None and server.token
+    monkeypatch.setenv("DW_WORKFLOW_NAME", "from-the-process")
+    env = {"DW_WORKFLOW_NAME": "bb7", "DW_WORKFLOW_NAMESPACE": "ns"}
+    with CopyOffloadClient(
+        "127.0.0.1", server.port, token=server.token, cert=str(server.tls.cert), environ=env
+    ) as co:
+        name = co.copy("/a", "/b", dry_run=True)
+    request = server.server.table._jobs[name].request
+    assert (request.workflow_name, request.workflow_namespace) == ("bb7", "ns")
+
+
 def test_default_ca_path_is_the_compute_node_certificate() -> None:
     co = CopyOffloadClient("h", 1, environ={})
     assert co.cert == "/etc/nnf-dm-usercontainer/cert.pem"

@@ -266,6 +266,16 @@ def test_dry_run_succeeds_without_copying(server: Running) -> None:
     assert server.copier is not None and not server.copier.started.acquire(timeout=0)
 
 
+def test_status_of_a_request_with_a_lone_surrogate_in_its_path_is_valid_utf8(server: Running) -> None:
+    raw = b'{"computeName": "c", "sourcePath": "/src/\\udcff", "destinationPath": "/d"}'
+    code, data, _ = server.request("POST", "/trial", raw)
+    assert code == 200, data
+    assert server.copier is not None and server.copier.started.acquire(timeout=10)
+    code, body, _ = server.request("GET", f"/status/{data[5:-1].decode()}?maxWaitSecs=0")
+    assert code == 200 and body.endswith(b"\n")
+    assert "/src/\ufffd" in json.loads(body.decode("utf-8"))["commandStatus"]["command"]
+
+
 def test_cancel_running_job(server: Running) -> None:
     name = server.trial()
     code, body, _ = server.request("DELETE", f"/cancel/{name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import ssl
 import stat
@@ -208,3 +209,15 @@ def test_site_tls_key_is_0600(tmp_path: Path) -> None:
     cert, key = certs.make_site_certificate(tmp_path, ["rabbit-0"])
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(cert.stat().st_mode) == 0o644
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is for a server running as root")
+def test_root_server_refuses_a_uid_without_its_gid(tls: Tls, workflow_key: Path) -> None:
+    """Copies as the user with group 0 (and root's groups) would reach more than the user may."""
+    from copyoffload.server.app import CopyOffloadServer, ServerConfig, ServerConfigError
+
+    config = ServerConfig(
+        addr="127.0.0.1:0", cert=str(tls.cert), cakey=str(tls.key), tokenkey=str(workflow_key), uid=1000
+    )
+    with pytest.raises(ServerConfigError, match="--gid"):
+        CopyOffloadServer(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from importlib.resources import files
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 
 from copyoffload import tokens
 from copyoffload.jobs import (
+    MOVER_MAX_WORKERS,
     CopyAborted,
     CopyRequest,
     JobTable,
@@ -18,9 +20,10 @@ from copyoffload.jobs import (
     ProfileError,
     Profiles,
     RequestRejected,
+    command_copier,
     go_duration,
 )
-from copyoffload.server.bodies import BodyError, decode_copy_request
+from copyoffload.server.bodies import BodyError, decode_copy_request, json_line, text
 
 
 def test_decode_takes_zero_values_for_missing_fields() -> None:
@@ -58,6 +61,45 @@ def test_decode_survives_deep_nesting() -> None:
 )
 def test_profile_sizes_the_copy(slots: int, max_slots: int, workers: int) -> None:
     assert Profile("p", workers=4, max_workers=16).workers_for(slots, max_slots) == workers
+
+
+def test_no_request_takes_the_built_in_mover_past_its_worker_limit() -> None:
+    profile = Profile("p", workers=4, max_workers=16)
+    assert profile.workers_for(2**31 - 1, 0) == MOVER_MAX_WORKERS
+    assert profile.workers_for(2**31 - 1, 2**31 - 1) == MOVER_MAX_WORKERS
+    assert Profile("dcp", command=("dcp",)).workers_for(512, 0) == 512  # mpirun sizes itself
+
+
+def test_lone_surrogates_in_a_request_become_replacement_characters_as_in_go() -> None:
+    req = decode_copy_request(b'{"sourcePath": "/a/\\ud800b", "destinationPath": "/\\ud83d\\ude00"}')
+    assert (req.source_path, req.destination_path) == ("/a/\ufffdb", "/\U0001f600")
+
+
+def test_bodies_are_valid_utf8_even_for_names_that_are_not() -> None:
+    undecodable = "cannot read /x/" + os.fsdecode(b"\xff") + ": Permission denied"
+    assert (
+        json_line({"message": undecodable}).body
+        == '{"message":"cannot read /x/\ufffd: Permission denied"}\n'.encode()
+    )
+    assert text(400, undecodable).body.decode("utf-8").endswith("\ufffd: Permission denied\n")
+
+
+def test_json_bodies_escape_line_separators_like_go() -> None:
+    assert json_line({"m": "a\u2028b\u2029<"}).body == b'{"m":"a\\u2028b\\u2029\\u003c"}\n'
+
+
+def test_command_copier_leaves_no_thread_behind() -> None:
+    command_copier(
+        CopyRequest("c", "/a", "/b"),
+        profile=Profile("c", command=("true",)),
+        workers=1,
+        uid=os.geteuid(),
+        gid=os.getegid(),
+        progress=lambda p: None,
+        cancel=threading.Event(),
+        on_child=lambda pid: None,
+    )
+    assert not [t for t in threading.enumerate() if "kill_on_cancel" in t.name]
 
 
 def test_shipped_profiles_load_and_default_exists() -> None:
@@ -154,6 +196,12 @@ def test_verifier_cache_still_checks_expiry() -> None:
     verifier._cache[short]["exp"] = time.time() - 1  # as if the time had passed
     with pytest.raises(tokens.TokenError, match="expired"):
         verifier.verify(short)
+
+
+def test_deeply_nested_token_header_is_refused_not_crashed() -> None:
+    header = tokens._b64encode(b"[" * 20000)
+    with pytest.raises(tokens.TokenError, match="malformed"):
+        tokens.verify_token(f"{header}.e30.c2ln", tokens.new_workflow_key())
 
 
 def openapi() -> dict[str, object]:

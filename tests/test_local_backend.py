@@ -348,3 +348,129 @@ def test_fifty_concurrent_processes_drive_fifty_workflows(
     assert failures == []
     assert lifecycle(local_config).list() == []
     assert list((local_config.root / "storage" / "jobs").iterdir()) == []
+
+
+def test_two_proposals_at_once_cannot_both_take_the_last_free_space_of_the_pool(
+    world_tmp: Path, job_user: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    import threading
+
+    from dwsbridge.backends.local.driver import LocalDriver
+
+    config = Config(root=world_tmp / "root", pool_size=3 * 1024**2)
+    lifecycle(config).list()  # the database exists before the threads race
+    both_checked = threading.Barrier(2)
+    check = LocalDriver.check_capacity
+
+    def check_then_wait(self: LocalDriver, name: str, capacity: int) -> None:
+        check(self, name, capacity)
+        # Without a reservation held from check to record, both proposals pass the check here.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait(timeout=2)
+
+    monkeypatch.setattr(LocalDriver, "check_capacity", check_then_wait)
+    outcomes: list[str] = []
+
+    def propose(job: int) -> None:
+        lc = lifecycle(config)
+        try:
+            create(lc, job_user, ["#DW jobdw type=xfs capacity=2MiB name=scratch"], job_id=job)
+            outcomes.append("created")
+        except WorkflowFailed as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=propose, args=(job,)) for job in (21, 22)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(outcomes)[0] == "created"
+    assert "only 1048576 bytes are available" in sorted(outcomes)[1]
+    lc = lifecycle(config)
+    for status in lc.list():
+        lc.teardown(status.name)
+
+
+def test_a_setup_overtaken_by_a_finished_teardown_leaves_no_storage_or_token(
+    local_config: Config, job_user: pwd.struct_passwd
+) -> None:
+    from dwsbridge.errors import WorkflowNotFound
+
+    backend = LocalBackend(local_config)
+    lc = Lifecycle(local_config, backend)
+    name = create(lc, job_user, ["#DW jobdw type=xfs capacity=1GiB name=scratch requires=copy-offload"])
+    layout = backend.driver.ensure_layout
+
+    def torn_down_first() -> None:  # another process's hurry teardown completes as Setup starts
+        lifecycle(local_config).teardown(name, hurry=True)
+        layout()
+
+    backend.driver.ensure_layout = torn_down_first  # type: ignore[method-assign]
+    with pytest.raises(WorkflowNotFound):
+        lc.advance_to(name, "Setup")
+    assert not (local_config.root / "storage" / "jobs" / name).exists()
+    assert backend.store.get_secret(f"{name}-token") is None
+    assert backend.store.get_secret(f"{name}-token-server") is None
+
+
+def test_a_copy_offload_server_started_after_a_teardown_overtook_prerun_is_killed(
+    local_config: Config, job_user: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from dwsbridge.backends.local import copy_offload
+    from dwsbridge.errors import WorkflowNotFound
+
+    lc = lifecycle(local_config)
+    name = create(
+        lc,
+        job_user,
+        [
+            "#DW jobdw type=xfs capacity=1GiB name=scratch requires=copy-offload",
+            "#DW container name=co profile=copy-offload-default",
+        ],
+    )
+    lc.walk(name, ["Setup", "DataIn"])
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_torn_down(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = real_popen(*args, **kwargs)  # type: ignore[call-overload]
+        started.append(proc)
+        ready = local_config.root / "secrets" / name / "server.ready"
+        for _ in range(300):  # the server is up (its keys read) before the teardown overtakes it
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        lifecycle(local_config).teardown(name, hurry=True)
+        return proc
+
+    monkeypatch.setattr(copy_offload.subprocess, "Popen", popen_then_torn_down)
+    with pytest.raises(WorkflowNotFound):
+        lc.advance_to(name, "PreRun")
+    assert started and started[0].wait(timeout=10) is not None
+
+
+def test_the_state_database_is_private_before_sqlite_first_opens_it(
+    world_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+    import stat
+
+    from dwsbridge.backends.local import store
+
+    modes: list[int] = []
+    connect = sqlite3.connect
+
+    def connect_noting_the_mode(path: Path, *args: object, **kwargs: object) -> sqlite3.Connection:
+        modes.append(stat.S_IMODE(os.stat(path).st_mode))
+        return connect(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.sqlite3, "connect", connect_noting_the_mode)
+    old_umask = os.umask(0o022)
+    try:
+        store.Store(world_tmp / "root").close()
+    finally:
+        os.umask(old_umask)
+    assert modes == [0o600]

@@ -433,3 +433,31 @@ def test_sigterm_to_a_child_copy_removes_partial_files(tmp_path: Path) -> None:
     os.killpg(proc.pid, 15)
     assert proc.wait(10) == 130
     assert not list((tmp_path / "dest").rglob("*dwsb-part"))
+
+
+def test_a_worker_killed_after_finish_with_tasks_outstanding_is_an_error(tmp_path: Path) -> None:
+    """finish() does not excuse a worker that dies before answering its tasks: files would be missing."""
+    import signal
+
+    from copyoffload.mover.pool import Pool, WorkerConfig, WorkerDied
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    dest.mkdir()
+    (src / "f").write_bytes(b"x")
+    pool = Pool(
+        1, WorkerConfig(chunk_size=4096, atomic_min_size=4096, preserve_owner=False, progress_interval=0)
+    )
+    pool.start()
+    try:
+        pid = pool.handles[0].pid
+        os.kill(pid, signal.SIGSTOP)  # the task below stays unanswered
+        assert pool.try_submit((str(src), str(dest), ["f"]))
+        pool.finish()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerDied, match="SIGKILL"):
+            while pool.live:
+                pool.pump(0.1)
+    finally:
+        pool.close()
+    assert not (dest / "f").exists()

@@ -128,3 +128,23 @@ def test_child_refuses_to_copy_when_not_running_as_the_expected_user(base: Path)
     assert proc.returncode == 3
     assert "refusing to copy" in proc.stderr
     assert os.listdir(base / "out") == []
+
+
+def test_external_command_copier_runs_as_the_user_with_the_users_groups(user: tuple[int, int]) -> None:
+    """A profile's command (e.g. dcp) gets exactly the user's rights: uid, gid and supplementary groups."""
+    from copyoffload.jobs import CopyRequest, Profile, command_copier
+
+    last = command_copier(
+        CopyRequest("c", "/a", "/b"),
+        profile=Profile("ids", command=("sh", "-c", "echo $(id -u) $(id -G)")),
+        workers=1,
+        uid=user[0],
+        gid=user[1],
+        progress=lambda p: None,
+        cancel=threading.Event(),
+        on_child=lambda pid: None,
+    )
+    uid, *groups = (int(word) for word in last.split())
+    assert uid == user[0]
+    assert sorted(groups) == sorted(credentials_for(*user).groups)
+    assert grp.getgrnam(GROUP).gr_gid in groups and 0 not in groups

@@ -137,7 +137,9 @@ class Pool:
                         break
             except (EOFError, OSError):
                 handle.alive = False
-                if not handle.said_goodbye and not self.finished and not self.stop[0]:
+                # A clean exit follows finish() with every task answered; anything else lost tasks.
+                clean = self.finished and handle.outstanding == 0
+                if not handle.said_goodbye and not clean and not self.stop[0]:
                     raise WorkerDied(self._reap(handle)) from None
         return messages
 

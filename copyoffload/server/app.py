@@ -79,7 +79,7 @@ class CopyOffloadServer:
         self.config = config
         uid = config.uid if config.uid is not None else os.geteuid()
         gid = config.gid if config.gid is not None else os.getegid()
-        if os.geteuid() == 0 and config.uid is None and not config.mock:
+        if os.geteuid() == 0 and (config.uid is None or config.gid is None) and not config.mock:
             raise ServerConfigError(
                 "running as root: give --uid and --gid of the workflow's user (copies run as them)"
             )
@@ -123,7 +123,6 @@ class CopyOffloadServer:
         self.http = HttpServer(self.api.handle, listener, ssl_context, limits)
         self.tls = ssl_context is not None
         self._stopped = threading.Event()
-        self._stop_requested = threading.Event()
         self._stop_lock = threading.Lock()
 
     @property
@@ -148,7 +147,6 @@ class CopyOffloadServer:
 
     def request_stop(self, delay: float = SHUTDOWN_DELAY) -> None:
         """Stop after ``delay`` seconds (``/shutdown`` answers first); new copies are refused at once."""
-        self._stop_requested.set()
         self.table.close(cancel=False, timeout=0)
         timer = threading.Timer(delay, self.stop)
         timer.daemon = True
@@ -158,7 +156,6 @@ class CopyOffloadServer:
         with self._stop_lock:
             if self._stopped.is_set():
                 return
-            self._stop_requested.set()
             self.table.close(cancel=cancel_copies, timeout=grace)
             self.http.stop(grace=grace)
             if self.config.ready_file:
@@ -167,10 +164,6 @@ class CopyOffloadServer:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop_requested.is_set()
 
 
 def write_ready_file(path: str, server: CopyOffloadServer) -> None:

@@ -12,10 +12,6 @@ class Authenticator:
     def __init__(self, verifier: TokenVerifier | None) -> None:
         self._verifier = verifier
 
-    @property
-    def enabled(self) -> bool:
-        return self._verifier is not None
-
     def check(self, request: Request) -> Response | None:
         """None when the request may proceed, else the 401 to send."""
         if self._verifier is None:

@@ -6,6 +6,7 @@ Every non-empty body ends with a newline: the upstream C client crashes on one t
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,14 +38,26 @@ class Response:
     close: bool = False
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(value: str) -> str:
+    """Lone surrogates (a JSON ``\\ud800`` escape, a file name that is not UTF-8) become U+FFFD, as in Go."""
+    return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+def _line(message: str) -> bytes:
+    body = message if message.endswith("\n") else message + "\n"
+    return valid_text(body).encode("utf-8")
+
+
 def text(code: int, message: str) -> Response:
     """A text/plain response whose body ends with exactly one newline (http.Error + Fprintln)."""
-    body = message if message.endswith("\n") else message + "\n"
-    return Response(code, body.encode("utf-8"), TEXT, [("X-Content-Type-Options", "nosniff")])
+    return Response(code, _line(message), TEXT, [("X-Content-Type-Options", "nosniff")])
 
 
 def ok_text(message: str) -> Response:
-    return Response(200, (message if message.endswith("\n") else message + "\n").encode("utf-8"))
+    return Response(200, _line(message))
 
 
 def empty(code: int = 200) -> Response:
@@ -52,10 +65,20 @@ def empty(code: int = 200) -> Response:
 
 
 def json_line(obj: Any) -> Response:
-    """Compact JSON plus newline, HTML-escaped like Go's json.Encoder."""
-    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    """Compact JSON plus newline, HTML- and line-separator-escaped like Go's json.Encoder."""
+    data = valid_text(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+    for char, escape in _GO_ESCAPES:
+        data = data.replace(char, escape)
     return Response(200, (data + "\n").encode("utf-8"), JSON)
+
+
+_GO_ESCAPES = (
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("&", "\\u0026"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
+)
 
 
 # The DMRequest fields: JSON name -> (CopyRequest attribute, Go type).
@@ -149,7 +172,7 @@ def _convert(item: Any, go_type: str, name: str) -> Any:
     if go_type == "string":
         if not isinstance(item, str):
             raise fail()
-        return item
+        return valid_text(item)
     if go_type == "bool":
         if not isinstance(item, bool):
             raise fail()

@@ -54,6 +54,7 @@ from dwsbridge.workflow import (
     SERVED_VERSIONS,
     SETUP,
     finalizer,
+    is_failed,
     is_state_complete,
 )
 
@@ -293,7 +294,7 @@ class KubernetesBackend:
 
         for obj in self._updates(name, deadline, tick):
             spec, status = obj.get("spec") or {}, obj.get("status") or {}
-            if is_state_complete(obj, state) or status.get("status") == "Error":
+            if is_state_complete(obj, state) or is_failed(obj):
                 return obj
             if spec.get("desiredState") != state:
                 return obj  # someone moved on (a hurried teardown): let the caller judge

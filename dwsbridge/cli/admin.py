@@ -105,11 +105,14 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from dwsbridge.directives import script_directives, validate_job
+    from dwsbridge.directives import RuleSet, script_directives, validate_job
 
     text = sys.stdin.read() if args.script == "-" else _read(args.script)
     lc = _lifecycle(args)
-    directives = validate_job(script_directives(text), wlm=args.wlm, pool=lc.config.pool_name)
+    ruleset = RuleSet.load(lc.config.ruleset)  # the site's rules, as the hooks and the backend judge
+    directives = validate_job(
+        script_directives(text), ruleset=ruleset, wlm=args.wlm, pool=lc.config.pool_name
+    )
     name = lc.create(
         wlm=args.wlm, job_id=args.job_id, uid=args.uid, gid=args.gid, directives=[d.text for d in directives]
     )

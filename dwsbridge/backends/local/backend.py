@@ -21,7 +21,15 @@ from dwsbridge.backends.local.driver import DriverError, LocalDriver
 from dwsbridge.backends.local.store import Store
 from dwsbridge.config import Config
 from dwsbridge.errors import AdmissionError, Cancelled, WorkflowNotFound, WorkflowTimeout
-from dwsbridge.workflow import SETUP, advanced, check_create, check_update, is_state_complete
+from dwsbridge.workflow import (
+    SETUP,
+    TEARDOWN,
+    advanced,
+    check_create,
+    check_update,
+    is_failed,
+    is_state_complete,
+)
 
 log = logging.getLogger("dwsbridge.local")
 
@@ -123,7 +131,7 @@ class LocalBackend:
             if obj is None:
                 return None
             state = obj["spec"]["desiredState"]
-            if is_state_complete(obj, state) or obj["status"].get("status") == "Error":
+            if is_state_complete(obj, state) or is_failed(obj):
                 return obj
             if self.store.lease_alive(conn, name):
                 return None
@@ -144,17 +152,30 @@ class LocalBackend:
             updates, outcome = {}, {"ready": False, "status": "Error", "message": f"internal error: {exc!r}"}
         with self.store.transaction() as conn:
             current = self.store.read_workflow(conn, name)
-            if current is None:
-                raise WorkflowNotFound(f"workflow {name} not found")
-            if current["spec"]["desiredState"] != state:
-                return current  # someone moved on (a hurry teardown): their result stands
-            status = current["status"]
-            status.update(updates)
-            status.update(outcome)
-            status["readyChange"] = _now()
-            self.store.write_workflow(conn, current)
-            self.store.set_lease(conn, name, None)
+            if current is not None and current["spec"]["desiredState"] == state:
+                status = current["status"]
+                status.update(updates)
+                status.update(outcome)
+                status["readyChange"] = _now()
+                self.store.write_workflow(conn, current)
+                self.store.set_lease(conn, name, None)
+                return current
+        # Someone moved on (a hurry teardown) while this state ran: their result stands.
+        if state != TEARDOWN and (current is None or is_state_complete(current, TEARDOWN)):
+            self._undo_overtaken(obj, state)
+        if current is None:
+            raise WorkflowNotFound(f"workflow {name} not found")
         return current
+
+    def _undo_overtaken(self, obj: dict[str, Any], state: str) -> None:
+        """A teardown finished while `state` still ran: what the state made after the teardown had
+        cleaned up (storage directories, token secrets, a server) would outlive the workflow."""
+        name = obj["metadata"]["name"]
+        log.warning("workflow=%s was torn down while %s ran: removing what %s left", name, state, state)
+        try:
+            self.driver.teardown(obj)
+        except Exception as exc:  # the teardown that overtook us already reported its own result
+            log.error("workflow=%s cleaning up after the overtaken %s: %s", name, state, exc)
 
     def wait_for(
         self, name: str, state: str, *, timeout: float, cancel: threading.Event | None = None
@@ -164,7 +185,7 @@ class LocalBackend:
         delay = 0.02
         while True:
             obj = self.get(name)
-            if is_state_complete(obj, state) or obj["status"].get("status") == "Error":
+            if is_state_complete(obj, state) or is_failed(obj):
                 return obj
             if obj["spec"]["desiredState"] != state:
                 return obj

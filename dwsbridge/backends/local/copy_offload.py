@@ -56,11 +56,10 @@ def reserve(driver: LocalDriver, obj: dict[str, Any]) -> dict[str, str]:
 def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
     """At PreRun: start the server detached from the caller (a Slurm hook must not wait for it)."""
     from dwsbridge.backends.local.driver import DriverError
+    from dwsbridge.backends.local.store import is_alive
 
     name = obj["metadata"]["name"]
     for record in driver.store.processes(name, "server"):
-        from dwsbridge.backends.local.store import is_alive
-
         if is_alive(record.pid, record.start):
             return record.pid
     env_status = (obj.get("status") or {}).get("env") or {}
@@ -111,7 +110,9 @@ def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
             start_new_session=True,
             close_fds=True,
         )
-    driver.store.add_process(name, "server", proc.pid, {"port": int(port)})
+    if not driver.track_process(obj, "server", proc.pid, {"port": int(port)}):
+        proc.wait()
+        raise DriverError(f"workflow {name}: torn down while its copy-offload server started")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if ready.exists():

@@ -6,6 +6,7 @@ root, only makes and removes the storage directories and keeps the secrets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -127,8 +128,18 @@ class LocalDriver:
                         f"{d.text}: persistent storage '{d.arg('name')}' belongs to uid {record['uid']};"
                         " only its owner may destroy it"
                     )
-        self.check_capacity(obj["metadata"]["name"], capacity)
+        self.reserve_capacity(obj["metadata"]["name"], capacity)
         return {"capacity": capacity}
+
+    def reserve_capacity(self, name: str, capacity: int) -> None:
+        """Check and record the workflow's capacity in one transaction, so that two Proposals running
+        at once cannot both be promised the same free space of the pool."""
+        with self.store.transaction() as conn:
+            self.check_capacity(name, capacity)
+            current = self.store.read_workflow(conn, name)
+            if current is not None:
+                current["status"]["capacity"] = capacity
+                self.store.write_workflow(conn, current)
 
     def check_capacity(self, name: str, capacity: int) -> None:
         limit = self.config.capacity_limit
@@ -139,7 +150,8 @@ class LocalDriver:
             )
         usage = shutil.disk_usage(self.root)
         pool = self.config.pool_size
-        available = usage.free if pool is None else min(usage.free, pool - self.store.reserved_capacity())
+        reserved = self.store.reserved_capacity(exclude=name)
+        available = usage.free if pool is None else min(usage.free, pool - reserved)
         if capacity > available:
             raise DriverError(
                 f"workflow {name} asks for {capacity} bytes of storage but only {max(available, 0)} bytes"
@@ -292,10 +304,7 @@ class LocalDriver:
 
             def register(pid: int, children: list[int] = children) -> None:
                 children.append(pid)
-                self.store.add_process(name, "copy", pid)
-                current = self.store.read_workflow(None, name)
-                if current is None or current["spec"]["desiredState"] != obj["spec"]["desiredState"]:
-                    os.killpg(pid, signal.SIGKILL)  # a teardown overtook us while the copy started
+                self.track_process(obj, "copy", pid)
 
             try:
                 options = self.copy_options(d)
@@ -386,6 +395,30 @@ class LocalDriver:
     def _reached(obj: dict[str, Any], state: str) -> bool:
         """True when `state` completed (so a create_persistent's instance is meant to outlive us)."""
         return state in ((obj.get("status") or {}).get("completedStates") or [])
+
+    def track_process(
+        self, obj: dict[str, Any], kind: str, pid: int, info: dict[str, Any] | None = None
+    ) -> bool:
+        """Record a process started for `obj`'s state, so teardown can stop it; False (and the
+        process group killed) when a teardown overtook the state while the process started.
+
+        Teardown moves desiredState before it reads the records, and this records before it reads
+        desiredState: whichever runs second sees the other, so no process escapes both."""
+        name = obj["metadata"]["name"]
+        self.store.add_process(name, kind, pid, info)
+        current = self.store.read_workflow(None, name)
+        if current is not None and current["spec"]["desiredState"] == obj["spec"]["desiredState"]:
+            return True
+        log.warning(
+            "workflow=%s a teardown overtook %s: killing the %s it started",
+            name,
+            obj["spec"]["desiredState"],
+            kind,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self.store.remove_process(name, kind, pid)
+        return False
 
     def stop_processes(self, name: str, kind: str | None) -> None:
         """Kill what this workflow started (in any process): copies get SIGKILL, servers SIGTERM."""

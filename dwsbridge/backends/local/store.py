@@ -70,6 +70,20 @@ def is_alive(pid: int | None, start: str | None) -> bool:
     return pid is not None and start is not None and process_start_time(pid) == start
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it. SQLite gives the -wal and -shm files
+    the database's mode when it makes them, so a file made by the umask and chmod-ed afterwards could
+    leave another process's WAL, and every token key written to it, readable by all."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class ProcessRecord:
     workflow: str
@@ -86,10 +100,8 @@ class Store:
         self.root = root
         self.path = root / "state.db"
         root.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists()
+        _create_private(self.path)
         self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        if fresh:
-            os.chmod(self.path, 0o600)
         self._conn.execute("PRAGMA busy_timeout = 60000")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -238,10 +250,11 @@ class Store:
     def delete_persistent(self, conn: sqlite3.Connection, name: str) -> None:
         conn.execute("DELETE FROM persistent WHERE name = ?", (name,))
 
-    def reserved_capacity(self) -> int:
-        """Bytes promised to live workflows and persistent instances (for capacity checks)."""
+    def reserved_capacity(self, exclude: str | None = None) -> int:
+        """Bytes promised to live workflows (but `exclude`) and persistent instances (for capacity checks)."""
         total = 0
         for obj in self.list_workflows():
-            total += int((obj.get("status") or {}).get("capacity", 0))
+            if obj["metadata"]["name"] != exclude:
+                total += int((obj.get("status") or {}).get("capacity", 0))
         row = self._conn.execute("SELECT COALESCE(SUM(capacity), 0) FROM persistent").fetchone()
         return total + int(row[0])
