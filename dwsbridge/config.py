@@ -40,7 +40,6 @@ class Config:
     flux_presets: dict[str, str] = field(default_factory=dict)  # -S dw=NAME -> directives
     # copy_in/copy_out `profile=NAME` -> data mover options, e.g. {"workers": 8, "bwlimit": 104857600}
     data_movement_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    log_level: str = "info"
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:
