@@ -50,3 +50,22 @@ def format_age(seconds: float) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
+
+
+def format_detail(s: WorkflowStatus) -> str:
+    """One workflow, every field on its own line: what an admin needs to see why it is stuck."""
+    fields = [
+        ("Name", s.name),
+        ("WLM", s.wlm),
+        ("Job", s.job_id),
+        ("User", f"{user_name(s.uid)} (uid {s.uid}, gid {s.gid})"),
+        ("Desired state", s.desired),
+        ("Current state", s.current),
+        ("Ready", "true" if s.ready else "false"),
+        ("Status", s.status or "-"),
+        ("Hurry", "true" if s.hurry else "false"),
+        ("Age", format_age(s.age)),
+        ("Message", s.message or "-"),
+    ]
+    width = max(len(label) for label, _ in fields)
+    return "".join(f"{label + ':':<{width + 1}} {value}\n" for label, value in fields)

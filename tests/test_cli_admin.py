@@ -106,6 +106,26 @@ def test_status_table_and_json(
     assert json.loads(capsys.readouterr().out) == []
 
 
+def test_status_of_one_workflow_shows_the_drivers_message(
+    env_root: Path, world_tmp: Path, job_user: pwd.struct_passwd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = world_tmp / "missing-source.sh"
+    script.write_text(
+        "#!/bin/sh\n#DW jobdw type=xfs capacity=1GiB name=sc pool=dws\n"
+        f"#DW copy_in source={world_tmp}/nope destination=$DW_JOB_sc/\n"
+    )
+    main(create(script, job_user, "9"))
+    main(["advance", "bb9", "Setup"])
+    assert main(["advance", "bb9", "DataIn"]) == 1
+    capsys.readouterr()
+    assert main(["status", "bb9"]) == 0
+    detail = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    assert detail["Status"].strip() == "Error"
+    assert detail["Current state"].strip() == "DataIn"
+    assert f"{world_tmp}/nope" in detail["Message"]
+    main(["teardown", "bb9"])
+
+
 def test_unknown_workflow_exits_3(env_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["env", "bb404"]) == 3
     assert "bb404 not found" in capsys.readouterr().err

@@ -70,7 +70,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "status",
         help="list workflows or show one",
-        description="A table of workflows: name, job, user, desired/current state, ready, status, age.",
+        description="A table of workflows: name, job, user, desired/current state, ready, status, age. "
+        "With NAME: every field of that workflow, including the driver's message.",
         epilog=ADMIN_EPILOG,
         formatter_class=fmt,
     )
@@ -150,9 +151,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in rows] if not args.name else rows[0].as_dict(), indent=2))
         return 0
-    from dwsbridge.display import format_table
+    from dwsbridge.display import format_detail, format_table
 
-    print(format_table(rows), end="")
+    print(format_detail(rows[0]) if args.name else format_table(rows), end="")
     return 0
 
 
