@@ -1,4 +1,5 @@
-"""Shared fixtures: a local-backend root that ordinary users can traverse, and ordinary test users."""
+"""Shared fixtures: a local-backend root that ordinary users can traverse, ordinary test users, and the
+DWS stand-in (imported only by the tests that ask for it)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dwsbridge.config import Config
+
+if TYPE_CHECKING:
+    from tests.standin_support import RunningStandIn
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (creates users, drops privileges)")
@@ -68,3 +73,13 @@ def user_file(path: Path, user: pwd.struct_passwd, data: bytes, mode: int = 0o64
     os.chown(path, user.pw_uid, user.pw_gid)
     os.chmod(path, mode)
     return path
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStandIn]:
+    """One DWS stand-in process for the test module (each test uses its own job ids)."""
+    pytest.importorskip("kubernetes")
+    from tests.standin_support import running_standin
+
+    with running_standin(tmp_path_factory.mktemp("standin")) as running:
+        yield running

@@ -50,6 +50,12 @@ class FluxBridge:
     def job(self, jobid: int) -> MemoryJob:
         return self.jm.job_record(jobid)
 
+    def run_job(self, **submit: Any) -> MemoryJob:
+        """Submit one job (arguments as InMemoryJobManager.submit) and run the job manager until idle."""
+        jobid = self.jm.submit(**submit)
+        self.jm.run()
+        return self.job(jobid)
+
     def topics(self) -> list[str]:
         return [topic for topic, _ in self.jm.rpcs]
 

@@ -43,6 +43,11 @@ NORMAL = [
 REFUSED_AT_CREATE = ["submit", "dependency-add", "exception", "clean"]
 
 
+def normal_until(event: str) -> list[str]:
+    """The normal path's eventlog up to and including `event`."""
+    return NORMAL[: NORMAL.index(event) + 1]
+
+
 @pytest.fixture
 def bridge(local_config: Config) -> FluxBridge:
     return make_bridge(local_config)
@@ -80,16 +85,13 @@ def test_normal_path_moves_data_for_real_and_gives_the_job_its_environment(
             ["sh", "-c", command], user=uid, group=gid, extra_groups=[], check=False
         ).returncode
 
-    jobid = bridge.jm.submit(
+    job = bridge.run_job(
         userid=uid,
         dw=f"{JOBDW} requires=copy-offload "
         f"#DW copy_in source={inbox}/input.txt destination=$DW_JOB_data/ "
         f"#DW copy_out source=$DW_JOB_data/result.txt destination={outbox}/",
         task=task,
     )
-    bridge.jm.run()
-
-    job = bridge.job(jobid)
     assert job.names() == NORMAL
     assert job.context("dependency-add") == {"description": "dws-create"}
     assert job.context("dependency-remove") == {"description": "dws-create"}
@@ -97,7 +99,7 @@ def test_normal_path_moves_data_for_real_and_gives_the_job_its_environment(
     assert job.context("finish") == {"status": 0}
     assert job.context("epilog-finish") == {"description": "dws-epilog", "status": 0}
     variables = job.context("dws_environment")["variables"]
-    assert variables["DW_WORKFLOW_NAME"] == f"fluxjob-{jobid}"
+    assert variables["DW_WORKFLOW_NAME"] == f"fluxjob-{job.id}"
     assert variables["DW_JOB_data"].startswith(str(local_config.root))
     assert variables["DW_JOBS"] == f"data:{variables['DW_JOB_data']}"
     assert len(variables["DW_WORKFLOW_TOKEN"].split(".")) == 3  # a JWT
@@ -105,15 +107,13 @@ def test_normal_path_moves_data_for_real_and_gives_the_job_its_environment(
     result = outbox / "result.txt"
     assert result.read_bytes() == b"MEASUREMENTS\n" * 1000
     assert result.stat().st_uid == uid
-    assert bridge.lifecycle.teardowns == [(f"fluxjob-{jobid}", False)]
+    assert bridge.lifecycle.teardowns == [(f"fluxjob-{job.id}", False)]
     nothing_left(bridge, local_config)
 
 
 def test_service_absent_raises_a_dws_exception_and_the_job_is_cleaned(local_config: Config) -> None:
     bridge = make_bridge(local_config, with_service=False)
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW)
     assert job.names() == REFUSED_AT_CREATE
     exception = job.context("exception")
     assert (exception["type"], exception["severity"]) == ("dws", 0)
@@ -122,9 +122,7 @@ def test_service_absent_raises_a_dws_exception_and_the_job_is_cleaned(local_conf
 
 def test_create_failure_raises_the_directive_message(bridge: FluxBridge, local_config: Config) -> None:
     bad = "#DW jobdw type=bogus capacity=1GiB name=data"
-    jobid = bridge.jm.submit(userid=UID, dw=bad)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=bad)
     assert job.names() == REFUSED_AT_CREATE
     with pytest.raises(ValidationFailed) as expected:
         validate_job([bad], wlm="flux")
@@ -141,9 +139,7 @@ def test_create_failure_raises_the_directive_message(bridge: FluxBridge, local_c
 def test_bad_dw_failure_tolerance_is_refused_clearly(
     bridge: FluxBridge, local_config: Config, tolerance: object
 ) -> None:
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW, system={"dw_failure_tolerance": tolerance})
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW, system={"dw_failure_tolerance": tolerance})
     assert job.names() == REFUSED_AT_CREATE
     assert job.context("exception")["note"] == (
         PREFIX + f"dw_failure_tolerance must be a non-negative integer, not {tolerance!r}"
@@ -153,26 +149,17 @@ def test_bad_dw_failure_tolerance_is_refused_clearly(
 
 
 def test_good_dw_failure_tolerance_is_accepted(bridge: FluxBridge) -> None:
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW, system={"dw_failure_tolerance": 2})
-    bridge.jm.run()
-    assert bridge.job(jobid).names() == NORMAL
+    job = bridge.run_job(userid=UID, dw=JOBDW, system={"dw_failure_tolerance": 2})
+    assert job.names() == NORMAL
 
 
 def test_setup_failure_fails_the_prolog_never_starts_and_still_runs_the_epilog(
     bridge: FluxBridge, local_config: Config, world_tmp: Path
 ) -> None:
     missing = world_tmp / "no-such-input"
-    jobid = bridge.jm.submit(userid=UID, dw=f"{JOBDW} #DW copy_in source={missing} destination=$DW_JOB_data/")
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=f"{JOBDW} #DW copy_in source={missing} destination=$DW_JOB_data/")
     assert job.names() == [
-        "submit",
-        "dependency-add",
-        "dependency-remove",
-        "depend",
-        "priority",
-        "alloc",
-        "prolog-start",
+        *normal_until("prolog-start"),
         "prolog-finish",
         "exception",
         "epilog-start",
@@ -182,26 +169,24 @@ def test_setup_failure_fails_the_prolog_never_starts_and_still_runs_the_epilog(
     ]
     assert job.context("prolog-finish") == {"description": "dws-setup", "status": 1}
     note = job.context("exception")["note"]
-    assert note.startswith(PREFIX + f"workflow fluxjob-{jobid}: DataIn failed: #DW copy_in source={missing}")
+    assert note.startswith(PREFIX + f"workflow fluxjob-{job.id}: DataIn failed: #DW copy_in source={missing}")
     assert job.context("epilog-finish")["status"] == 0
-    assert bridge.requests("dws.post_run") == [{"jobid": jobid, "run_started": False}]
-    assert bridge.lifecycle.teardowns == [(f"fluxjob-{jobid}", True)]
+    assert bridge.requests("dws.post_run") == [{"jobid": job.id, "run_started": False}]
+    assert bridge.lifecycle.teardowns == [(f"fluxjob-{job.id}", True)]
     nothing_left(bridge, local_config)
 
 
 def test_post_run_failure_fails_the_epilog_with_the_message(
     bridge: FluxBridge, local_config: Config, world_tmp: Path
 ) -> None:
-    jobid = bridge.jm.submit(
+    job = bridge.run_job(
         userid=UID, dw=f"{JOBDW} #DW copy_out source=$DW_JOB_data/never-written destination={world_tmp}/"
     )
-    bridge.jm.run()
-    job = bridge.job(jobid)
-    assert job.names() == [*NORMAL[:-2], "exception", "free", "clean"]
+    assert job.names() == [*normal_until("epilog-finish"), "exception", "free", "clean"]
     assert job.context("finish") == {"status": 0}
     assert job.context("epilog-finish") == {"description": "dws-epilog", "status": 1}
     note = job.context("exception")["note"]
-    assert note.startswith(PREFIX + f"workflow fluxjob-{jobid}: DataOut failed: #DW copy_out")
+    assert note.startswith(PREFIX + f"workflow fluxjob-{job.id}: DataOut failed: #DW copy_out")
     nothing_left(bridge, local_config)
 
 
@@ -209,17 +194,9 @@ def test_cancel_during_prolog_ends_it_with_status_1_and_tears_down_in_a_hurry(
     bridge: FluxBridge, local_config: Config
 ) -> None:
     bridge.jm.at("prolog-start", lambda job: bridge.jm.cancel(job.id), description="dws-setup")
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW)
     assert job.names() == [
-        "submit",
-        "dependency-add",
-        "dependency-remove",
-        "depend",
-        "priority",
-        "alloc",
-        "prolog-start",
+        *normal_until("prolog-start"),
         "exception",
         "prolog-finish",
         "epilog-start",
@@ -231,7 +208,7 @@ def test_cancel_during_prolog_ends_it_with_status_1_and_tears_down_in_a_hurry(
     assert job.context("prolog-finish")["status"] == 1
     assert job.context("epilog-finish")["status"] == 0
     assert bridge.topics() == ["dws.create", "dws.setup", "dws.teardown", "dws.post_run"]
-    assert bridge.lifecycle.teardowns == [(f"fluxjob-{jobid}", True)]
+    assert bridge.lifecycle.teardowns == [(f"fluxjob-{job.id}", True)]
     nothing_left(bridge, local_config)
 
 
@@ -243,18 +220,16 @@ def test_cancel_during_epilog_tears_down_in_a_hurry_without_staging_out(
         return 0
 
     bridge.jm.at("epilog-start", lambda job: bridge.jm.cancel(job.id), description="dws-epilog")
-    jobid = bridge.jm.submit(
+    job = bridge.run_job(
         userid=UID,
         dw=f"{JOBDW} #DW copy_out source=$DW_JOB_data/result.txt destination={world_tmp}/",
         task=task,
     )
-    bridge.jm.run()
-    job = bridge.job(jobid)
-    assert job.names() == [*NORMAL[:13], "exception", "epilog-finish", "free", "clean"]
+    assert job.names() == [*normal_until("release"), "exception", "epilog-finish", "free", "clean"]
     assert job.context("exception")["type"] == "cancel"
     assert job.context("epilog-finish") == {"description": "dws-epilog", "status": 0}
     assert bridge.topics()[-2:] == ["dws.post_run", "dws.teardown"]
-    assert bridge.lifecycle.teardowns == [(f"fluxjob-{jobid}", True)]
+    assert bridge.lifecycle.teardowns == [(f"fluxjob-{job.id}", True)]
     assert not (world_tmp / "result.txt").exists()  # hurry skips DataOut
     nothing_left(bridge, local_config)
 
@@ -263,23 +238,11 @@ def test_cancel_before_run_tears_down_in_a_hurry_and_leaves_nothing(
     bridge: FluxBridge, local_config: Config
 ) -> None:
     bridge.jm.at("depend", lambda job: bridge.jm.cancel(job.id))
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
-    assert job.names() == [
-        "submit",
-        "dependency-add",
-        "dependency-remove",
-        "depend",
-        "priority",
-        "exception",
-        "epilog-start",
-        "epilog-finish",
-        "clean",
-    ]
-    assert bridge.requests("dws.post_run") == [{"jobid": jobid, "run_started": False}]
+    job = bridge.run_job(userid=UID, dw=JOBDW)
+    assert job.names() == [*normal_until("priority"), "exception", "epilog-start", "epilog-finish", "clean"]
+    assert bridge.requests("dws.post_run") == [{"jobid": job.id, "run_started": False}]
     assert job.context("epilog-finish")["status"] == 0
-    assert bridge.lifecycle.teardowns == [(f"fluxjob-{jobid}", True)]
+    assert bridge.lifecycle.teardowns == [(f"fluxjob-{job.id}", True)]
     nothing_left(bridge, local_config)
 
 
@@ -287,11 +250,9 @@ def test_cancel_while_create_is_in_flight_still_tears_the_workflow_down(
     bridge: FluxBridge, local_config: Config
 ) -> None:
     bridge.jm.at("dependency-add", lambda job: bridge.jm.cancel(job.id))
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW)
     assert job.names() == ["submit", "dependency-add", "exception", "epilog-start", "epilog-finish", "clean"]
-    assert bridge.requests("dws.post_run") == [{"jobid": jobid, "run_started": False}]
+    assert bridge.requests("dws.post_run") == [{"jobid": job.id, "run_started": False}]
     nothing_left(bridge, local_config)
 
 
@@ -299,9 +260,7 @@ def test_plugin_reloaded_while_the_prolog_waits_picks_the_job_up(
     bridge: FluxBridge, local_config: Config
 ) -> None:
     bridge.jm.at("prolog-start", lambda job: bridge.jm.reload_plugin(), description="dws-setup")
-    jobid = bridge.jm.submit(userid=UID, dw=f"{JOBDW} requires=copy-offload")
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=f"{JOBDW} requires=copy-offload")
     assert job.names() == NORMAL
     assert len(bridge.plugins) == 2
     assert bridge.topics() == ["dws.create", "dws.setup", "dws.setup", "dws.post_run"]
@@ -312,9 +271,8 @@ def test_plugin_reloaded_while_the_prolog_waits_picks_the_job_up(
 
 def test_plugin_reloaded_before_run_as_in_flux_coral2(bridge: FluxBridge, local_config: Config) -> None:
     bridge.jm.at("dependency-remove", lambda job: bridge.jm.reload_plugin())
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    assert bridge.job(jobid).names() == NORMAL
+    job = bridge.run_job(userid=UID, dw=JOBDW)
+    assert job.names() == NORMAL
     assert len(bridge.plugins) == 2
     nothing_left(bridge, local_config)
 
@@ -323,9 +281,7 @@ def test_plugin_reloaded_during_the_epilog_starts_no_second_epilog(
     bridge: FluxBridge, local_config: Config
 ) -> None:
     bridge.jm.at("epilog-start", lambda job: bridge.jm.reload_plugin(), description="dws-epilog")
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW)
     assert job.names() == NORMAL
     assert bridge.topics() == ["dws.create", "dws.setup", "dws.post_run", "dws.post_run"]
     nothing_left(bridge, local_config)
@@ -334,16 +290,14 @@ def test_plugin_reloaded_during_the_epilog_starts_no_second_epilog(
 def test_epilog_timeout_raises_dws_epilog_timeout_and_aborts(local_config: Config) -> None:
     bridge = make_bridge(local_config, epilog_timeout=30.0)
     bridge.jm.hang("dws.post_run")
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
-    assert job.names() == [*NORMAL[:13], "exception", "epilog-finish", "free", "clean"]
+    job = bridge.run_job(userid=UID, dw=JOBDW)
+    assert job.names() == [*normal_until("release"), "exception", "epilog-finish", "free", "clean"]
     exception = job.context("exception")
     assert (exception["type"], exception["severity"]) == ("dws-epilog-timeout", 0)
     assert exception["note"] == PREFIX + "dws-epilog did not finish within 30s"
     assert job.context("epilog-finish") == {"description": "dws-epilog", "status": 1}
     assert bridge.topics()[-2:] == ["dws.post_run", "dws.abort"]
-    assert bridge.lifecycle.teardowns == [(f"fluxjob-{jobid}", True)]
+    assert bridge.lifecycle.teardowns == [(f"fluxjob-{job.id}", True)]
     nothing_left(bridge, local_config)
 
 
@@ -354,9 +308,7 @@ def test_epilog_timeout_posted_by_hand_aborts_too(bridge: FluxBridge, local_conf
         lambda job: bridge.jm.raise_exception(job.id, "dws-epilog-timeout", 0, "by hand"),
         description="dws-epilog",
     )
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW)
     assert job.context("epilog-finish")["status"] == 1
     assert bridge.topics()[-1] == "dws.abort"
     nothing_left(bridge, local_config)
@@ -364,17 +316,14 @@ def test_epilog_timeout_posted_by_hand_aborts_too(bridge: FluxBridge, local_conf
 
 def test_a_finished_epilog_is_not_finished_again_by_a_late_timeout(local_config: Config) -> None:
     bridge = make_bridge(local_config, epilog_timeout=30.0)
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW)
     assert job.names() == NORMAL
     assert "dws.abort" not in bridge.topics()
 
 
 def test_jobs_without_dw_are_left_alone(bridge: FluxBridge) -> None:
-    jobid = bridge.jm.submit(userid=UID)
-    bridge.jm.run()
-    assert bridge.job(jobid).names() == [
+    job = bridge.run_job(userid=UID)
+    assert job.names() == [
         "submit",
         "depend",
         "priority",
@@ -398,9 +347,7 @@ class GarbledService:
 def test_malformed_reply_raises_an_exception(local_config: Config) -> None:
     bridge = make_bridge(local_config)
     bridge.jm.service = GarbledService()
-    jobid = bridge.jm.submit(userid=UID, dw=JOBDW)
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw=JOBDW)
     assert job.names() == REFUSED_AT_CREATE
     assert job.context("exception")["note"] == (
         PREFIX + "malformed dws.create reply: expected {'success': bool, 'errstr'?: str}"
@@ -444,8 +391,6 @@ def test_unknown_topic_gets_enosys(bridge: FluxBridge) -> None:
 def test_named_preset_expands_to_its_directives(local_config: Config) -> None:
     local_config.flux_presets = {"small": JOBDW}
     bridge = make_bridge(local_config)
-    jobid = bridge.jm.submit(userid=UID, dw="small")
-    bridge.jm.run()
-    job = bridge.job(jobid)
+    job = bridge.run_job(userid=UID, dw="small")
     assert job.names() == NORMAL
     assert "DW_JOB_data" in job.context("dws_environment")["variables"]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,7 +21,9 @@ from dwsbridge.errors import DwsBridgeError
 from dwsbridge.job_env import TASK_PROLOG_LINE_LIMIT, JobEnvFiles, env_lines
 from dwsbridge.slurm import HookResult, SlurmHooks, run_hook
 
-REPO = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from tests.standin_support import RunningStandIn
+
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="hands files to another uid (needs root)")
 JOB_UID, JOB_GID = (65534, 65534) if ROOT else (os.getuid(), os.getgid())  # nobody:nogroup
@@ -269,23 +272,8 @@ def test_on_the_local_backend_pre_run_writes_no_file_and_paths_has_everything(tm
     assert call(hooks, "job_teardown", "30", path, "true").ok
 
 
-sys.path.insert(0, str(REPO / "testenv"))
-from dws_standin import testing  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.RunningStandIn]:
-    pytest.importorskip("kubernetes")
-    directory = tmp_path_factory.mktemp("standin")
-    running = testing.start(directory)
-    try:
-        yield running
-    finally:
-        testing.stop(directory)
-
-
 def test_on_kubernetes_pre_run_writes_the_whole_environment_and_teardown_removes_it(
-    standin: testing.RunningStandIn, tmp_path: Path
+    standin: RunningStandIn, tmp_path: Path
 ) -> None:
     from copyoffload.tokens import verify_token
 

@@ -14,9 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,10 +24,8 @@ from dwsbridge.errors import AdmissionError, WorkflowFailed
 from dwsbridge.lifecycle import Lifecycle
 from dwsbridge.workflow import STATES, TEARDOWN, build_workflow, finalizer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "testenv"))
-
-from dws_standin import testing  # noqa: E402
+if TYPE_CHECKING:
+    from tests.standin_support import RunningStandIn
 
 pytest.importorskip("kubernetes")
 
@@ -36,17 +33,7 @@ JOBDW = "#DW jobdw type=xfs capacity=1GiB name=scratch requires=copy-offload"
 _job_ids = itertools.count(7000)
 
 
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.RunningStandIn]:
-    directory = tmp_path_factory.mktemp("standin")
-    running = testing.start(directory)
-    try:
-        yield running
-    finally:
-        testing.stop(directory)
-
-
-def make_config(standin: testing.RunningStandIn, **overrides: Any) -> Config:
+def make_config(standin: RunningStandIn, **overrides: Any) -> Config:
     values: dict[str, Any] = dict(
         backend="kubernetes", kubeconfig=standin.kubeconfig, state_timeout=30.0, transient_timeout=30.0
     )
@@ -55,7 +42,7 @@ def make_config(standin: testing.RunningStandIn, **overrides: Any) -> Config:
 
 
 @pytest.fixture
-def lc(standin: testing.RunningStandIn) -> Lifecycle:
+def lc(standin: RunningStandIn) -> Lifecycle:
     return Lifecycle(make_config(standin))
 
 
@@ -77,7 +64,7 @@ def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def workflow_patches(standin: testing.RunningStandIn, name: str) -> list[dict[str, Any]]:
+def workflow_patches(standin: RunningStandIn, name: str) -> list[dict[str, Any]]:
     return [
         r
         for r in standin.requests()
@@ -88,9 +75,7 @@ def workflow_patches(standin: testing.RunningStandIn, name: str) -> list[dict[st
 # --- the lifecycle -------------------------------------------------------------------------------
 
 
-def test_full_seven_state_walk_ends_with_the_workflow_deleted(
-    lc: Lifecycle, standin: testing.RunningStandIn
-) -> None:
+def test_full_seven_state_walk_ends_with_the_workflow_deleted(lc: Lifecycle, standin: RunningStandIn) -> None:
     name = create(lc, JOBDW)
     seen = []
     for state in STATES[1:-1]:
@@ -102,9 +87,7 @@ def test_full_seven_state_walk_ends_with_the_workflow_deleted(
     assert not lc.exists(name)
 
 
-def test_created_workflow_carries_our_finalizer_and_labels(
-    lc: Lifecycle, standin: testing.RunningStandIn
-) -> None:
+def test_created_workflow_carries_our_finalizer_and_labels(lc: Lifecycle, standin: RunningStandIn) -> None:
     name = create(lc)
     obj = standin.workflow(name)
     assert obj is not None
@@ -114,7 +97,7 @@ def test_created_workflow_carries_our_finalizer_and_labels(
 
 
 def test_environment_has_job_paths_and_a_token_the_workflow_key_verifies(
-    lc: Lifecycle, standin: testing.RunningStandIn
+    lc: Lifecycle, standin: RunningStandIn
 ) -> None:
     from copyoffload.tokens import verify_token
 
@@ -140,7 +123,7 @@ def test_environment_without_copy_offload_has_no_token(lc: Lifecycle) -> None:
 
 
 def test_servers_are_filled_from_the_system_configuration_before_setup(
-    lc: Lifecycle, standin: testing.RunningStandIn
+    lc: Lifecycle, standin: RunningStandIn
 ) -> None:
     name = create(lc, JOBDW)
     lc.set_computes(name, ["compute-1", "compute-2"])
@@ -154,7 +137,7 @@ def test_servers_are_filled_from_the_system_configuration_before_setup(
     lc.teardown(name)
 
 
-def test_computes_set_by_the_wlm_reach_dws(lc: Lifecycle, standin: testing.RunningStandIn) -> None:
+def test_computes_set_by_the_wlm_reach_dws(lc: Lifecycle, standin: RunningStandIn) -> None:
     name = create(lc)
     lc.set_computes(name, ["compute-1"])
     computes = standin.request(
@@ -166,7 +149,7 @@ def test_computes_set_by_the_wlm_reach_dws(lc: Lifecycle, standin: testing.Runni
 
 @pytest.mark.parametrize("state", STATES)
 def test_error_in_any_state_ends_in_teardown_with_the_drivers_message(
-    lc: Lifecycle, standin: testing.RunningStandIn, state: str
+    lc: Lifecycle, standin: RunningStandIn, state: str
 ) -> None:
     message = f"injected-{state.lower()}-failure"
     directive = f"#DW {state} action=error message={message} severity=Fatal"
@@ -188,7 +171,7 @@ def test_error_in_any_state_ends_in_teardown_with_the_drivers_message(
 
 
 def test_transient_condition_that_clears_lets_the_state_complete(
-    lc: Lifecycle, standin: testing.RunningStandIn
+    lc: Lifecycle, standin: RunningStandIn
 ) -> None:
     name = create(lc, "#DW DataIn action=error message=rabbit-busy severity=Major")
     lc.advance_to(name, "Setup")
@@ -213,7 +196,7 @@ def test_transient_condition_that_clears_lets_the_state_complete(
     lc.teardown(name)
 
 
-def test_transient_condition_that_outlives_its_limit_fails_the_state(standin: testing.RunningStandIn) -> None:
+def test_transient_condition_that_outlives_its_limit_fails_the_state(standin: RunningStandIn) -> None:
     lc = Lifecycle(make_config(standin, transient_timeout=0.2))
     name = create(lc, "#DW Setup action=error message=rabbit-still-busy severity=Major")
     with pytest.raises(WorkflowFailed) as failed:
@@ -224,9 +207,7 @@ def test_transient_condition_that_outlives_its_limit_fails_the_state(standin: te
     assert standin.workflow(name) is None
 
 
-def test_refused_create_shows_the_webhooks_message_unchanged(
-    lc: Lifecycle, standin: testing.RunningStandIn
-) -> None:
+def test_refused_create_shows_the_webhooks_message_unchanged(lc: Lifecycle, standin: RunningStandIn) -> None:
     job = new_job()
     with pytest.raises(AdmissionError) as refused:
         lc.create(
@@ -250,7 +231,7 @@ def test_refused_advance_shows_the_webhooks_message(lc: Lifecycle) -> None:
 
 
 def test_hurried_teardown_sets_hurry_and_teardown_in_one_update(
-    lc: Lifecycle, standin: testing.RunningStandIn
+    lc: Lifecycle, standin: RunningStandIn
 ) -> None:
     name = create(lc, JOBDW)
     lc.walk(name, ["Setup", "DataIn"])
@@ -266,9 +247,7 @@ def test_hurried_teardown_sets_hurry_and_teardown_in_one_update(
     assert standin.workflow(name) is None
 
 
-def test_finalizer_removal_rereads_after_a_conflicting_update(
-    lc: Lifecycle, standin: testing.RunningStandIn
-) -> None:
+def test_finalizer_removal_rereads_after_a_conflicting_update(lc: Lifecycle, standin: RunningStandIn) -> None:
     name = create(lc)
     lc.backend.update_desired_state(name, TEARDOWN)
     lc.backend.wait_for(name, TEARDOWN, timeout=30)
@@ -314,7 +293,7 @@ def test_waiting_falls_back_to_polling_when_watch_fails(
 
 
 def test_restarted_bridge_rebuilds_from_the_cluster_and_finishes(
-    standin: testing.RunningStandIn, tmp_path: Path
+    standin: RunningStandIn, tmp_path: Path
 ) -> None:
     lc = Lifecycle(make_config(standin))
     name = create(lc, "#DW DataIn action=wait")
@@ -335,9 +314,7 @@ def test_restarted_bridge_rebuilds_from_the_cluster_and_finishes(
     assert standin.workflow(name) is None
 
 
-def test_restarted_bridge_can_tear_down_a_stuck_workflow(
-    standin: testing.RunningStandIn, tmp_path: Path
-) -> None:
+def test_restarted_bridge_can_tear_down_a_stuck_workflow(standin: RunningStandIn, tmp_path: Path) -> None:
     lc = Lifecycle(make_config(standin))
     name = create(lc, "#DW Setup action=wait")
     proc = _admin_cli(standin, tmp_path, "advance", name, "Setup")
@@ -352,7 +329,7 @@ def test_restarted_bridge_can_tear_down_a_stuck_workflow(
     assert standin.workflow(name) is None
 
 
-def _admin_cli(standin: testing.RunningStandIn, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+def _admin_cli(standin: RunningStandIn, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     """`dwsbridge <args>` in its own process, configured by a config file (backend, kubeconfig)."""
     config = tmp_path / "dwsbridge.yaml"
     config.write_text(f"backend: kubernetes\nkubeconfig: {standin.kubeconfig}\nstate_timeout: 60\n")
@@ -365,7 +342,7 @@ def _admin_cli(standin: testing.RunningStandIn, tmp_path: Path, *args: str) -> s
 # --- outside views: kubectl, the admin CLI ------------------------------------------------------
 
 
-def test_kubectl_lists_a_running_workflow(lc: Lifecycle, standin: testing.RunningStandIn) -> None:
+def test_kubectl_lists_a_running_workflow(lc: Lifecycle, standin: RunningStandIn) -> None:
     import shutil
 
     kubectl = shutil.which("kubectl")
@@ -395,7 +372,7 @@ def test_kubectl_lists_a_running_workflow(lc: Lifecycle, standin: testing.Runnin
 
 
 def test_admin_cli_drives_the_kubernetes_backend(
-    lc: Lifecycle, standin: testing.RunningStandIn, tmp_path: Path
+    lc: Lifecycle, standin: RunningStandIn, tmp_path: Path
 ) -> None:
     name = create(lc, JOBDW)
     config = tmp_path / "local.yaml"

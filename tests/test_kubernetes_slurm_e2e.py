@@ -12,41 +12,41 @@ from __future__ import annotations
 import base64
 import os
 import pwd
-import shutil
 import socket
 import stat
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
+from tests.slurm_support import (
+    SCRIPT,
+    USER,
+    WAIT_FOR_GO,
+    SlurmCluster,
+    release,
+    slurm_env,
+    slurm_skip_reason,
+    text,
+    wait_for,
+)
+from tests.standin_support import RunningStandIn, running_standin
+
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "testenv" / "slurm-cluster"
 BASE = Path(os.environ.get("DWSB_E2E_K8S_BASE", "/tmp/dwsb-slurm-k8s-pytest"))
 STANDIN_DIR = BASE.with_name(BASE.name + "-standin")
-USER = "dwsbuser"
 NODE = "dwsbnode"
 JOBDW = "#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws requires=copy-offload"
 WORKFLOWS = "/apis/dataworkflowservices.github.io/v1alpha7"
-WAIT_FOR_GO = "for i in $(seq 600); do [ -e go ] && break; sleep 0.1; done"
 
 
 def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runs slurmctld, slurmd and munged)"
-    if not all(
-        shutil.which(c, path="/usr/sbin:/usr/bin") for c in ("slurmctld", "slurmd", "munged", "sbatch")
-    ):
-        return "Slurm packages missing (make debs: slurmctld slurmd slurm-client munge)"
-    if not (REPO / ".venv" / "bin" / "python").exists():
-        return "no .venv (make install)"
+    if reason := slurm_skip_reason():
+        return reason
     try:
         import kubernetes  # noqa: F401
     except ImportError:
@@ -57,64 +57,13 @@ def _skip_reason() -> str | None:
 if _skip_reason():
     pytest.skip(_skip_reason() or "", allow_module_level=True)
 
-sys.path.insert(0, str(REPO / "testenv"))
-from dws_standin import testing  # noqa: E402
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 60.0, interval: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
 
 @dataclass
-class Cluster:
-    env: dict[str, str]
-    standin: testing.RunningStandIn
-    user: pwd.struct_passwd
+class Cluster(SlurmCluster):
+    """The cluster on the Kubernetes backend, whose workflows live in the DWS stand-in."""
 
-    def run(self, *cmd: str, as_user: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = list(cmd)
-        if as_user:
-            argv = ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={self.env['SLURM_CONF']}", *argv]
-        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60, check=check)
-
-    def submit(self, name: str, body: str, *directives: str) -> tuple[str, Path]:
-        work = BASE / "jobs" / name
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        script = work / "job.sh"
-        script.write_text("\n".join(["#!/bin/bash", f"#SBATCH -o {work}/job.out", *directives, body]) + "\n")
-        for path in (work, script):
-            os.chown(path, self.user.pw_uid, self.user.pw_gid)
-        proc = self.run("sbatch", "--parsable", "-D", str(work), str(script), as_user=True)
-        return proc.stdout.strip().split(";")[0], work
-
-    def state(self, job: str) -> tuple[str, str]:
-        out = self.run("squeue", "-h", "-t", "all", "-j", job, "-o", "%T|%r", check=False).stdout.strip()
-        state, _, reason = out.partition("|")
-        return state, reason
-
-    def wait_state(self, job: str, *states: str, timeout: float = 90.0) -> str:
-        def reached() -> str | None:
-            state = self.state(job)[0]
-            return state if state in states else None
-
-        return str(
-            wait_for(reached, f"job {job} to reach {'/'.join(states)} (is {self.state(job)})", timeout)
-        )
+    standin: RunningStandIn
+    wait_timeout: ClassVar[float] = 90.0
 
     def workflow(self, job: str) -> dict[str, Any] | None:
         return self.standin.workflow(f"bb{job}")
@@ -133,34 +82,28 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     computes = ",".join([NODE, socket.gethostname(), "localhost"])
-    standin = testing.start(STANDIN_DIR, "--computes", computes)
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "DWSB_SLURM_BASE": str(BASE),
-        "DWSB_SLURM_CTLD_PORT": os.environ.get("DWSB_E2E_K8S_CTLD_PORT", "6847"),
-        "DWSB_SLURM_SLURMD_PORT": os.environ.get("DWSB_E2E_K8S_SLURMD_PORT", "6848"),
-        "DWSB_SLURM_USER": USER,
-        "DWSB_SLURM_BACKEND": "kubernetes",
-        "DWSB_SLURM_KUBECONFIG": str(standin.kubeconfig),
-        "SLURM_CONF": str(BASE / "etc" / "slurm.conf"),
-    }
-    try:
-        # stop first: a cluster left running from an earlier run may have another backend configured
-        subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=120)
-        subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=120)
-        yield Cluster(env, standin, pwd.getpwnam(USER))
-    finally:
+    with running_standin(STANDIN_DIR, "--computes", computes) as standin:
+        env = slurm_env(
+            BASE,
+            os.environ.get("DWSB_E2E_K8S_CTLD_PORT", "6847"),
+            os.environ.get("DWSB_E2E_K8S_SLURMD_PORT", "6848"),
+            DWSB_SLURM_BACKEND="kubernetes",
+            DWSB_SLURM_KUBECONFIG=str(standin.kubeconfig),
+        )
         try:
-            subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=180)
+            # stop first: a cluster left running from an earlier run may have another backend configured
+            subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=120)
+            subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=120)
+            yield Cluster(env, pwd.getpwnam(USER), standin)
         finally:
-            testing.stop(STANDIN_DIR)
+            subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=180)
     for daemon in ("slurmctld", "slurmd", "munged"):
         assert not (BASE / "run" / f"{daemon}.pid").exists(), f"{daemon} left running"
     assert not (STANDIN_DIR / "pid").exists(), "the DWS stand-in was left running"
 
 
 def output_vars(work: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text(work / "job.out").splitlines() if "=" in line)
+    return dict(line.split("=", 1) for line in text(work / "job.sh.out").splitlines() if "=" in line)
 
 
 # --- the main path ---------------------------------------------------------------------------------------
@@ -177,10 +120,11 @@ def test_a_dw_job_gets_its_prerun_environment_and_a_token_that_verifies(cluster:
             WAIT_FOR_GO,
         ]
     )
-    job, work = cluster.submit("main", body, JOBDW)
+    work = cluster.workdir("main")
+    job = cluster.submit(work, body, JOBDW)
     name = f"bb{job}"
     try:
-        wait_for(lambda: "READY" in text(work / "job.out"), f"job {job} to print its environment")
+        wait_for(lambda: "READY" in text(work / "job.sh.out"), f"job {job} to print its environment")
         seen = output_vars(work)
         workflow = cluster.workflow(job)
         assert workflow is not None
@@ -198,7 +142,7 @@ def test_a_dw_job_gets_its_prerun_environment_and_a_token_that_verifies(cluster:
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, cluster.user.pw_uid)
         assert stat.S_IMODE(cluster.env_file(job).parent.stat().st_mode) == 0o711
     finally:
-        (work / "go").touch()
+        release(work)
     assert cluster.wait_state(job, "COMPLETED", "FAILED", "CANCELLED") == "COMPLETED", cluster.state(job)
     cluster.wait_gone(job)
     assert not cluster.env_file(job).exists()
@@ -211,10 +155,11 @@ def secret_names(cluster: Cluster) -> list[str]:
 
 
 def test_bbstat_and_kubectl_show_the_running_jobs_workflow(cluster: Cluster) -> None:
-    job, work = cluster.submit("watch", "echo STARTED\n" + WAIT_FOR_GO, JOBDW)
+    work = cluster.workdir("watch")
+    job = cluster.submit(work, "echo STARTED\n" + WAIT_FOR_GO, JOBDW)
     try:
         cluster.wait_state(job, "RUNNING")
-        wait_for(lambda: "STARTED" in text(work / "job.out"), f"job {job} to start")
+        wait_for(lambda: "STARTED" in text(work / "job.sh.out"), f"job {job} to start")
         shown = cluster.run("scontrol", "show", "bbstat", "workflow", job, as_user=True).stdout
         assert shown.strip() == "desiredState=PreRun currentState=PreRun status=Completed"
         listing = cluster.run(
@@ -229,7 +174,7 @@ def test_bbstat_and_kubectl_show_the_running_jobs_workflow(cluster: Cluster) -> 
         ).stdout
         assert any(line.split()[:2] == ["default", f"bb{job}"] for line in listing.splitlines()), listing
     finally:
-        (work / "go").touch()
+        release(work)
     assert cluster.wait_state(job, "COMPLETED", "FAILED", "CANCELLED") == "COMPLETED"
     cluster.wait_gone(job)
 
@@ -240,10 +185,11 @@ def test_bbstat_and_kubectl_show_the_running_jobs_workflow(cluster: Cluster) -> 
 def test_scancel_hurry_sets_hurry_and_teardown_in_one_update_and_deletes_the_workflow(
     cluster: Cluster,
 ) -> None:
-    job, work = cluster.submit("hurry", "echo STARTED\n" + WAIT_FOR_GO, JOBDW)
+    work = cluster.workdir("hurry")
+    job = cluster.submit(work, "echo STARTED\n" + WAIT_FOR_GO, JOBDW)
     name = f"bb{job}"
     cluster.wait_state(job, "RUNNING")
-    wait_for(lambda: "STARTED" in text(work / "job.out"), f"job {job} to start")
+    wait_for(lambda: "STARTED" in text(work / "job.sh.out"), f"job {job} to start")
     assert cluster.env_file(job).exists()
     cluster.run("scancel", "--hurry", job, as_user=True)
     cluster.wait_gone(job)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,7 @@ from dwsbridge.config import Config
 from dwsbridge.errors import DwsBridgeError
 from dwsbridge.lifecycle import Lifecycle
 from dwsbridge.workflow import build_workflow
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "testenv"))
-
-from dws_standin import testing  # noqa: E402
-from dws_standin.__main__ import default_crd_dir  # noqa: E402
+from tests.standin_support import RunningStandIn, StandInError, running_standin
 
 pytest.importorskip("kubernetes")
 
@@ -32,28 +25,23 @@ GROUP_PATH = "/apis/dataworkflowservices.github.io/v1alpha7/namespaces/default"
 _job_ids = itertools.count(8000)
 
 
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.RunningStandIn]:
-    directory = tmp_path_factory.mktemp("standin")
-    running = testing.start(directory)
-    try:
-        yield running
-    finally:
-        testing.stop(directory)
-
-
-def post_workflow(standin: testing.RunningStandIn, *directives: str) -> dict[str, Any]:
+def post_workflow(standin: RunningStandIn, *directives: str) -> dict[str, Any]:
     job = next(_job_ids)
     obj = build_workflow(wlm="slurm", job_id=job, uid=1000, gid=1000, directives=list(directives))
     return dict(standin.request("POST", f"{GROUP_PATH}/workflows", obj))
 
 
-def patch(standin: testing.RunningStandIn, path: str, body: Any, kind: str = "merge") -> Any:
+def patch(standin: RunningStandIn, path: str, body: Any, kind: str = "merge") -> Any:
     content_type = {"merge": "application/merge-patch+json", "json": "application/json-patch+json"}[kind]
     return standin.request("PATCH", path, body, content_type=content_type)
 
 
-def settled(standin: testing.RunningStandIn, name: str, state: str) -> dict[str, Any]:
+def desire(standin: RunningStandIn, name: str, state: str) -> Any:
+    """Ask for the workflow's next state, as the WLM does."""
+    return patch(standin, f"{GROUP_PATH}/workflows/{name}", {"spec": {"desiredState": state}})
+
+
+def settled(standin: RunningStandIn, name: str, state: str) -> dict[str, Any]:
     """The workflow once the controller has judged `state` (ready, or an error status)."""
     import time
 
@@ -69,8 +57,8 @@ def settled(standin: testing.RunningStandIn, name: str, state: str) -> dict[str,
     raise AssertionError(f"{name} never settled in {state}")
 
 
-def teardown(standin: testing.RunningStandIn, name: str) -> None:
-    patch(standin, f"{GROUP_PATH}/workflows/{name}", {"spec": {"desiredState": "Teardown"}})
+def teardown(standin: RunningStandIn, name: str) -> None:
+    desire(standin, name, "Teardown")
     settled(standin, name, "Teardown")
     patch(standin, f"{GROUP_PATH}/workflows/{name}", {"metadata": {"finalizers": None}})
     standin.request("DELETE", f"{GROUP_PATH}/workflows/{name}")
@@ -79,21 +67,21 @@ def teardown(standin: testing.RunningStandIn, name: str) -> None:
 # --- API server ----------------------------------------------------------------------------------
 
 
-def test_update_with_a_stale_resource_version_is_a_409(standin: testing.RunningStandIn) -> None:
+def test_update_with_a_stale_resource_version_is_a_409(standin: RunningStandIn) -> None:
     wf = post_workflow(standin)
     name = wf["metadata"]["name"]
     settled(standin, name, "Proposal")
     stale = standin.workflow(name)
     assert stale is not None
     patch(standin, f"{GROUP_PATH}/workflows/{name}", {"metadata": {"annotations": {"touched": "yes"}}})
-    with pytest.raises(testing.StandInError) as refused:
+    with pytest.raises(StandInError) as refused:
         standin.request("PUT", f"{GROUP_PATH}/workflows/{name}", stale)
     assert refused.value.code == 409
     assert refused.value.status["reason"] == "Conflict"
     teardown(standin, name)
 
 
-def test_delete_with_a_finalizer_leaves_a_deletion_timestamp(standin: testing.RunningStandIn) -> None:
+def test_delete_with_a_finalizer_leaves_a_deletion_timestamp(standin: RunningStandIn) -> None:
     wf = post_workflow(standin)
     name = wf["metadata"]["name"]
     settled(standin, name, "Proposal")
@@ -104,7 +92,7 @@ def test_delete_with_a_finalizer_leaves_a_deletion_timestamp(standin: testing.Ru
     assert standin.workflow(name) is None
 
 
-def test_label_selector_filters_lists(standin: testing.RunningStandIn) -> None:
+def test_label_selector_filters_lists(standin: RunningStandIn) -> None:
     wf = post_workflow(standin)
     name = wf["metadata"]["name"]
     job = wf["spec"]["jobID"]
@@ -117,20 +105,20 @@ def test_label_selector_filters_lists(standin: testing.RunningStandIn) -> None:
     teardown(standin, name)
 
 
-def test_crd_schema_refuses_a_bad_object_with_422(standin: testing.RunningStandIn) -> None:
+def test_crd_schema_refuses_a_bad_object_with_422(standin: RunningStandIn) -> None:
     obj = build_workflow(wlm="slurm", job_id=next(_job_ids), uid=1000, gid=1000, directives=[])
     obj["spec"]["desiredState"] = "Sideways"
-    with pytest.raises(testing.StandInError) as refused:
+    with pytest.raises(StandInError) as refused:
         standin.request("POST", f"{GROUP_PATH}/workflows", obj)
     assert refused.value.code == 422
     assert 'spec.desiredState: Unsupported value: "Sideways"' in refused.value.status["message"]
 
 
-def test_webhook_refuses_skipping_a_state_with_403(standin: testing.RunningStandIn) -> None:
+def test_webhook_refuses_skipping_a_state_with_403(standin: RunningStandIn) -> None:
     name = post_workflow(standin)["metadata"]["name"]
     settled(standin, name, "Proposal")
-    with pytest.raises(testing.StandInError) as refused:
-        patch(standin, f"{GROUP_PATH}/workflows/{name}", {"spec": {"desiredState": "DataIn"}})
+    with pytest.raises(StandInError) as refused:
+        desire(standin, name, "DataIn")
     assert refused.value.code == 403
     assert refused.value.status["message"] == (
         'admission webhook "vworkflow.kb.io" denied the request: states cannot be skipped'
@@ -141,30 +129,30 @@ def test_webhook_refuses_skipping_a_state_with_403(standin: testing.RunningStand
 # --- the drivers ---------------------------------------------------------------------------------
 
 
-def test_setup_fails_when_the_wlm_left_servers_empty(standin: testing.RunningStandIn) -> None:
+def test_setup_fails_when_the_wlm_left_servers_empty(standin: RunningStandIn) -> None:
     name = post_workflow(standin, "#DW jobdw type=xfs capacity=1GiB name=scratch")["metadata"]["name"]
     settled(standin, name, "Proposal")
-    patch(standin, f"{GROUP_PATH}/workflows/{name}", {"spec": {"desiredState": "Setup"}})
+    desire(standin, name, "Setup")
     status = settled(standin, name, "Setup")["status"]
     assert status["status"] == "Error"
     assert "no allocation sets" in status["message"]
     teardown(standin, name)
 
 
-def test_prerun_fails_on_empty_computes(standin: testing.RunningStandIn) -> None:
+def test_prerun_fails_on_empty_computes(standin: RunningStandIn) -> None:
     name = post_workflow(standin)["metadata"]["name"]
     for state in ("Proposal", "Setup", "DataIn"):
         if state != "Proposal":
-            patch(standin, f"{GROUP_PATH}/workflows/{name}", {"spec": {"desiredState": state}})
+            desire(standin, name, state)
         settled(standin, name, state)
-    patch(standin, f"{GROUP_PATH}/workflows/{name}", {"spec": {"desiredState": "PreRun"}})
+    desire(standin, name, "PreRun")
     status = settled(standin, name, "PreRun")["status"]
     assert status["status"] == "Error"
     assert "lists no compute nodes" in status["message"]
     teardown(standin, name)
 
 
-def test_a_waiting_driver_entry_completes_with_a_json_patch(standin: testing.RunningStandIn) -> None:
+def test_a_waiting_driver_entry_completes_with_a_json_patch(standin: RunningStandIn) -> None:
     name = post_workflow(standin, "#DW Proposal action=wait")["metadata"]["name"]
     obj = settled_or_waiting(standin, name)
     index = next(i for i, d in enumerate(obj["status"]["drivers"]) if d["watchState"] == "Proposal")
@@ -178,7 +166,7 @@ def test_a_waiting_driver_entry_completes_with_a_json_patch(standin: testing.Run
     teardown(standin, name)
 
 
-def settled_or_waiting(standin: testing.RunningStandIn, name: str) -> dict[str, Any]:
+def settled_or_waiting(standin: RunningStandIn, name: str) -> dict[str, Any]:
     import time
 
     deadline = time.monotonic() + 20
@@ -190,7 +178,7 @@ def settled_or_waiting(standin: testing.RunningStandIn, name: str) -> dict[str, 
     raise AssertionError(f"{name} got no driver entries")
 
 
-def test_kubectl_patch_completes_a_waiting_state(standin: testing.RunningStandIn) -> None:
+def test_kubectl_patch_completes_a_waiting_state(standin: RunningStandIn) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
@@ -223,6 +211,8 @@ def test_kubectl_patch_completes_a_waiting_state(standin: testing.RunningStandIn
 
 
 def test_backend_uses_v1alpha6_when_the_cluster_serves_no_v1alpha7(tmp_path: Path) -> None:
+    from dws_standin.__main__ import default_crd_dir
+
     crds = tmp_path / "crds"
     shutil.copytree(default_crd_dir(), crds)
     for path in crds.glob("dataworkflowservices.github.io_*.yaml"):
@@ -233,8 +223,7 @@ def test_backend_uses_v1alpha6_when_the_cluster_serves_no_v1alpha7(tmp_path: Pat
             if version["name"] == "v1alpha6":
                 version["storage"] = True
         path.write_text(yaml.safe_dump(crd))
-    running = testing.start(tmp_path / "state", "--crd-dir", str(crds))
-    try:
+    with running_standin(tmp_path / "state", "--crd-dir", str(crds)) as running:
         lc = Lifecycle(Config(backend="kubernetes", kubeconfig=running.kubeconfig, state_timeout=30))
         backend: Any = lc.backend
         assert backend.version == "v1alpha6"
@@ -242,8 +231,6 @@ def test_backend_uses_v1alpha6_when_the_cluster_serves_no_v1alpha7(tmp_path: Pat
         lc.walk(name, ["Setup", "DataIn", "PreRun", "PostRun", "DataOut"])
         lc.teardown(name)
         assert not lc.exists(name)
-    finally:
-        testing.stop(tmp_path / "state")
 
 
 # --- allocation planning (no cluster) ---------------------------------------------------------------

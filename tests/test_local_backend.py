@@ -237,22 +237,6 @@ lc.advance_to(sys.argv[2], "DataIn")
 """
 
 
-def _slow_workflow(config: Config, world_tmp: Path, job_user: pwd.struct_passwd) -> tuple[Lifecycle, str]:
-    src = user_dir(world_tmp / "in", job_user)
-    user_file(src / "big.dat", job_user, os.urandom(64 * 1024 * 1024))
-    lc = lifecycle(config)
-    name = create(
-        lc,
-        job_user,
-        [
-            "#DW jobdw type=xfs capacity=1GiB name=scratch",
-            f"#DW copy_in source={src}/big.dat destination=$DW_JOB_scratch/ profile=slow",
-        ],
-    )
-    lc.advance_to(name, "Setup")
-    return lc, name
-
-
 def _wait_for_copy(backend: LocalBackend, name: str, proc: subprocess.Popen[bytes]) -> int:
     import time
 
@@ -271,15 +255,33 @@ def _gone(pid: int) -> bool:
     return process_start_time(pid) is None
 
 
-def test_hurry_teardown_during_data_in_kills_the_running_copy(
+def _copy_in_running_elsewhere(
     world_tmp: Path, job_user: pwd.struct_passwd
-) -> None:
+) -> tuple[Config, Lifecycle, str, subprocess.Popen[bytes], int]:
+    """A workflow whose slow DataIn another process (KILL_SCRIPT) drives; that process and its copy's pid."""
     config = Config(root=world_tmp / "root", data_movement_profiles={"slow": {"bwlimit": 1048576}})
-    lc, name = _slow_workflow(config, world_tmp, job_user)
+    src = user_dir(world_tmp / "in", job_user)
+    user_file(src / "big.dat", job_user, os.urandom(64 * 1024 * 1024))
+    lc = lifecycle(config)
+    name = create(
+        lc,
+        job_user,
+        [
+            "#DW jobdw type=xfs capacity=1GiB name=scratch",
+            f"#DW copy_in source={src}/big.dat destination=$DW_JOB_scratch/ profile=slow",
+        ],
+    )
+    lc.advance_to(name, "Setup")
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(config.root), name], stderr=subprocess.PIPE
     )
-    copy_pid = _wait_for_copy(LocalBackend(config), name, proc)
+    return config, lc, name, proc, _wait_for_copy(LocalBackend(config), name, proc)
+
+
+def test_hurry_teardown_during_data_in_kills_the_running_copy(
+    world_tmp: Path, job_user: pwd.struct_passwd
+) -> None:
+    config, lc, name, proc, copy_pid = _copy_in_running_elsewhere(world_tmp, job_user)
     lc.teardown(name, hurry=True)
     assert _gone(copy_pid)
     assert proc.wait(timeout=30) != 0
@@ -290,12 +292,7 @@ def test_hurry_teardown_during_data_in_kills_the_running_copy(
 def test_a_process_killed_during_data_in_leaves_state_the_next_teardown_cleans(
     world_tmp: Path, job_user: pwd.struct_passwd
 ) -> None:
-    config = Config(root=world_tmp / "root", data_movement_profiles={"slow": {"bwlimit": 1048576}})
-    lc, name = _slow_workflow(config, world_tmp, job_user)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(config.root), name], stderr=subprocess.PIPE
-    )
-    copy_pid = _wait_for_copy(LocalBackend(config), name, proc)
+    config, lc, name, proc, copy_pid = _copy_in_running_elsewhere(world_tmp, job_user)
     proc.kill()
     proc.wait()
     status = lc.status(name)

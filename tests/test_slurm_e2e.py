@@ -12,8 +12,7 @@ import pwd
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,92 +20,33 @@ import pytest
 
 from dwsbridge.config import load_config
 from dwsbridge.lifecycle import Lifecycle
+from tests.slurm_support import (
+    REPO,
+    SCRIPT,
+    USER,
+    WAIT_FOR_GO,
+    SlurmCluster,
+    release,
+    slurm_env,
+    slurm_skip_reason,
+    text,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "testenv" / "slurm-cluster"
 BASE = Path(os.environ.get("DWSB_E2E_BASE", "/tmp/dwsb-slurm-pytest"))
-USER = "dwsbuser"
 JOBDW = "#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws"
 
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runs slurmctld, slurmd and munged)"
-    missing = [
-        c for c in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(c, path="/usr/sbin:/usr/bin")
-    ]
-    if len(missing) != 4:
-        return "Slurm packages missing (make debs: slurmctld slurmd slurm-client munge)"
-    if not (REPO / ".venv" / "bin" / "python").exists():
-        return "no .venv (make install)"
-    return None
-
-
-if _skip_reason():
-    pytest.skip(_skip_reason() or "", allow_module_level=True)
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 60.0, interval: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+if slurm_skip_reason():
+    pytest.skip(slurm_skip_reason() or "", allow_module_level=True)
 
 
 @dataclass
-class Cluster:
-    env: dict[str, str]
+class Cluster(SlurmCluster):
+    """The cluster on the local backend, whose workflows this process can read directly."""
+
     lifecycle: Lifecycle
-    user: pwd.struct_passwd
-
-    def run(self, *cmd: str, as_user: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = list(cmd)
-        if as_user:
-            argv = ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={self.env['SLURM_CONF']}", *argv]
-        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60, check=check)
-
-    def workdir(self, name: str) -> Path:
-        path = BASE / "jobs" / name
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-        os.chown(path, self.user.pw_uid, self.user.pw_gid)
-        return path
-
-    def write_job(self, workdir: Path, body: str, *directives: str, name: str = "job.sh") -> Path:
-        lines = ["#!/bin/bash", f"#SBATCH -o {workdir}/{name}.out", *directives, body]
-        path = workdir / name
-        path.write_text("\n".join(lines) + "\n")
-        os.chown(path, self.user.pw_uid, self.user.pw_gid)
-        return path
-
-    def sbatch(self, script: Path, *options: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(
-            "sbatch", "--parsable", "-D", str(script.parent), *options, str(script), as_user=True, check=check
-        )
-
-    def submit(self, workdir: Path, body: str, *directives: str, name: str = "job.sh") -> str:
-        proc = self.sbatch(self.write_job(workdir, body, *directives, name=name))
-        return proc.stdout.strip().split(";")[0]
-
-    def state(self, job: str) -> tuple[str, str]:
-        out = self.run("squeue", "-h", "-t", "all", "-j", job, "-o", "%T|%r", check=False).stdout.strip()
-        state, _, reason = out.partition("|")
-        return state, reason
-
-    def wait_state(self, job: str, *states: str, timeout: float = 60.0) -> str:
-        def reached() -> str | None:
-            state = self.state(job)[0]
-            return state if state in states else None
-
-        return str(
-            wait_for(reached, f"job {job} to reach {'/'.join(states)} (is {self.state(job)})", timeout)
-        )
 
     def wait_gone(self, job: str, timeout: float = 60.0) -> None:
         wait_for(lambda: not self.lifecycle.exists(f"bb{job}"), f"workflow bb{job} to be torn down", timeout)
@@ -127,36 +67,19 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "DWSB_SLURM_BASE": str(BASE),
-        "DWSB_SLURM_CTLD_PORT": os.environ.get("DWSB_E2E_CTLD_PORT", "6837"),
-        "DWSB_SLURM_SLURMD_PORT": os.environ.get("DWSB_E2E_SLURMD_PORT", "6838"),
-        "DWSB_SLURM_USER": USER,
-        "SLURM_CONF": str(BASE / "etc" / "slurm.conf"),
-    }
+    env = slurm_env(
+        BASE,
+        os.environ.get("DWSB_E2E_CTLD_PORT", "6837"),
+        os.environ.get("DWSB_E2E_SLURMD_PORT", "6838"),
+    )
     try:
         subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=120)
         config = load_config(BASE / "dwsbridge.yaml")
-        yield Cluster(env, Lifecycle(config), pwd.getpwnam(USER))
+        yield Cluster(env, pwd.getpwnam(USER), Lifecycle(config))
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=120)
     for daemon in ("slurmctld", "slurmd", "munged", "agent"):
         assert not (BASE / "run" / f"{daemon}.pid").exists(), f"{daemon} left running"
-
-
-def text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
-def release(workdir: Path) -> None:
-    (workdir / "go").touch()
-
-
-WAIT_FOR_GO = "for i in $(seq 600); do [ -e go ] && break; sleep 0.1; done"
 
 
 # --- the main path ---------------------------------------------------------------------------------------
