@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from dwsbridge import hookclient, slurm
 from dwsbridge.backends.base import Backend
@@ -54,6 +54,7 @@ REQUEST_TIMEOUT = 10.0  # seconds to receive a request once connected
 ACCEPT_POLL = 0.5  # seconds between checks for a stop request
 DEFAULT_DRAIN_TIMEOUT = 30.0
 JOB_HOOKS = {"setup", "data_in", "paths", "pre_run", "post_run", "data_out", "job_teardown"}
+SERIALIZED_HOOKS = {"setup", "job_teardown"}  # per job, never at once (Agent._serialized)
 # Imported at start so that no request pays for them (the modules the hooks import lazily).
 WARM_MODULES = (
     "dwsbridge.directives",
@@ -149,6 +150,8 @@ class Agent:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._busy: dict[str, int] = {}  # workflow name -> requests working on it
+        # workflow name -> [lock, users]: a job's setup and teardown never overlap here (see run)
+        self._creating: dict[str, list[Any]] = {}
         self._active = 0
         self._idle = threading.Condition(self._lock)
 
@@ -201,7 +204,10 @@ class Agent:
         workflow = self._workflow_of(hook, args)
         self._enter(workflow)
         try:
-            with self.logs.captured() as lines:
+            with (
+                self._serialized(workflow if hook in SERIALIZED_HOOKS else None),
+                self.logs.captured() as lines,
+            ):
                 result = slurm.run_hook(hooks, hook, args)
         finally:
             self._leave(workflow, lifecycle, owned=served.shared_backend is None)
@@ -209,6 +215,29 @@ class Agent:
         out.write("".join(lines).encode("utf-8", errors="replace"))
         slurm.write_result(result, out)
         return out.getvalue()
+
+    @contextlib.contextmanager
+    def _serialized(self, workflow: str | None) -> Iterator[None]:
+        """Run a job's setup and teardown one after the other.
+
+        Slurm kills a hook process it gives up on (a cancel during stage-in, a timeout), but here only
+        the client dies: the agent's thread runs on. Without this, a teardown arriving meanwhile could
+        find no workflow yet, succeed, and the setup still running would then create one nobody
+        tears down. Waiting for the setup makes the teardown remove what it made."""
+        if workflow is None:
+            yield
+            return
+        with self._lock:
+            entry = self._creating.setdefault(workflow, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._creating[workflow]
 
     @staticmethod
     def _workflow_of(hook: str, args: list[str]) -> str | None:

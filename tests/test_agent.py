@@ -354,3 +354,44 @@ def test_the_launcher_relays_to_the_agent_and_falls_back_without_it(agent: Runni
         )
         outputs.append(proc.stdout)
     assert outputs[0] == outputs[1] == agent.hook("pools", agent=False)
+
+
+def test_a_teardown_waits_for_a_setup_still_running_for_its_job(
+    world_tmp: Path, job_user: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm kills a setup hook on cancel, but the agent's thread runs on: the teardown that follows
+    must tear down what that setup creates, not find nothing and leave it behind."""
+    import threading
+
+    from dwsbridge import slurm
+    from dwsbridge.config import load_config
+    from dwsbridge.lifecycle import Lifecycle
+
+    config = world_tmp / "dwsbridge.yaml"
+    config.write_text(f"backend: local\nroot: {world_tmp / 'root'}\npool_size: 1TiB\nstate_timeout: 60\n")
+    monkeypatch.setenv("DWSBRIDGE_CONFIG", str(config))
+    uid, gid = str(getattr(job_user, "pw_uid")), str(getattr(job_user, "pw_gid"))  # noqa: B009
+    path = script(world_tmp / "job.sh", JOBDW)
+    setup_may_go_on = threading.Event()
+    setup_started = threading.Event()
+    real_setup = slurm.SlurmHooks.setup
+
+    def slow_setup(self: slurm.SlurmHooks, *args: str) -> slurm.HookResult:
+        setup_started.set()
+        setup_may_go_on.wait(30)
+        return real_setup(self, *args)
+
+    monkeypatch.setattr(slurm.SlurmHooks, "setup", slow_setup)
+    agent = Agent(world_tmp / "agent.sock", config)
+    env = {"DWSBRIDGE_CONFIG": str(config)}
+    setup = threading.Thread(target=agent.run, args=("setup", ["41", uid, gid, "dws", "1", path], env))
+    teardown = threading.Thread(target=agent.run, args=("job_teardown", ["41", path, "true"], env))
+    setup.start()
+    assert setup_started.wait(30)
+    teardown.start()
+    teardown.join(timeout=1.0)  # without the serialisation it finds no workflow and is done by now
+    setup_may_go_on.set()
+    setup.join(60)
+    teardown.join(60)
+    assert not setup.is_alive() and not teardown.is_alive()
+    assert not Lifecycle(load_config(config)).exists("bb41"), "the setup's workflow outlived its teardown"
