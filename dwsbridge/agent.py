@@ -366,6 +366,7 @@ class Agent:
             f"(backend {served.config.backend}, config {self.config_file or 'defaults'})"
         )
         listener.settimeout(ACCEPT_POLL)
+        threading.Thread(target=self._sweep_orphans, name="orphans", daemon=True).start()
         try:
             while not self._stopping.is_set():
                 try:
@@ -384,6 +385,28 @@ class Agent:
                 if os.stat(self.socket_path).st_ino == inode:
                     os.unlink(self.socket_path)
         return self._drain()
+
+    def _sweep_orphans(self) -> None:
+        """Every `orphan_sweep_interval` seconds, tear down workflows whose job Slurm has forgotten
+        (dwsbridge.orphans); a workflow must be at least one interval old to be considered."""
+        from dwsbridge import orphans
+
+        while True:
+            interval = self.served().config.orphan_sweep_interval
+            if self._stopping.wait(interval if interval > 0 else 60.0):
+                return
+            if interval <= 0:
+                continue
+            served = self.served()
+            lifecycle = Lifecycle(served.config, backend=served.shared_backend)
+            try:
+                for name in orphans.sweep(lifecycle, min_age=interval):
+                    _stderr_line(f"dwsbridge agent: tore down orphaned workflow {name}")
+            except Exception as exc:  # the sweep is a safety net: it must never stop the agent
+                _stderr_line(f"dwsbridge agent: orphan sweep failed: {exc!r}")
+            finally:
+                if served.shared_backend is None:
+                    lifecycle.close()
 
     def _drain(self) -> int:
         deadline = time.monotonic() + self.drain_timeout

@@ -31,6 +31,8 @@ class Config:
     capacity_limit: int | None = None  # bytes per workflow; None = free space only
     state_timeout: float = 300.0  # seconds to wait for a state before giving up
     transient_timeout: float = 60.0  # seconds a TransientCondition may last before it is fatal
+    # Slurm agent: how often to tear down workflows whose job Slurm has forgotten (0 = never)
+    orphan_sweep_interval: float = 60.0
     copy_offload_cert_dir: Path | None = None  # site TLS cert+key; None = <root>/tls
     # Slurm: per-job environment files the TaskProlog exports (backends whose env is final only at
     # PreRun); None = <root>/job-env. Multi-node sites: a shared filesystem every compute node sees.
@@ -120,7 +122,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return Path(str(value))
         if key in ("pool_size", "capacity_limit", "pool_granularity"):
             return parse_size(value)
-        if key in ("state_timeout", "transient_timeout"):
+        if key in ("state_timeout", "transient_timeout", "orphan_sweep_interval"):
             return float(value)
         if key == "data_movement_profiles":
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):

@@ -98,7 +98,10 @@ def start_agent(work: Path, config: Path) -> RunningAgent:
 @pytest.fixture
 def agent(world_tmp: Path) -> Iterator[RunningAgent]:
     config = world_tmp / "dwsbridge.yaml"
-    config.write_text(f"backend: local\nroot: {world_tmp / 'root'}\npool_size: 1TiB\nstate_timeout: 60\n")
+    config.write_text(
+        f"backend: local\nroot: {world_tmp / 'root'}\npool_size: 1TiB\nstate_timeout: 60\n"
+        "orphan_sweep_interval: 0\n"
+    )
     running = start_agent(world_tmp, config)
     try:
         yield running
@@ -368,7 +371,10 @@ def test_a_teardown_waits_for_a_setup_still_running_for_its_job(
     from dwsbridge.lifecycle import Lifecycle
 
     config = world_tmp / "dwsbridge.yaml"
-    config.write_text(f"backend: local\nroot: {world_tmp / 'root'}\npool_size: 1TiB\nstate_timeout: 60\n")
+    config.write_text(
+        f"backend: local\nroot: {world_tmp / 'root'}\npool_size: 1TiB\nstate_timeout: 60\n"
+        "orphan_sweep_interval: 0\n"
+    )
     monkeypatch.setenv("DWSBRIDGE_CONFIG", str(config))
     uid, gid = str(getattr(job_user, "pw_uid")), str(getattr(job_user, "pw_gid"))  # noqa: B009
     path = script(world_tmp / "job.sh", JOBDW)

@@ -356,3 +356,14 @@ def test_job_uses_the_copyoffload_client_to_copy_out_of_its_storage(cluster: Clu
     assert "MATCH" in text(work / "job.sh.out")
     assert (work / "big.bin").stat().st_uid == cluster.user.pw_uid
     assert not cluster.storage(job).exists()
+
+
+def test_the_agent_tears_down_a_workflow_whose_job_slurm_has_forgotten(cluster: Cluster) -> None:
+    job = "987654"  # a job id this cluster never issued: its workflow is an orphan
+    name = cluster.lifecycle.create(
+        wlm="slurm", job_id=job, uid=cluster.user.pw_uid, gid=cluster.user.pw_gid, directives=[JOBDW]
+    )
+    cluster.lifecycle.advance_to(name, "Setup")
+    assert cluster.storage(job).exists()
+    cluster.wait_gone(job)
+    assert not cluster.storage(job).exists()
