@@ -318,11 +318,6 @@ def _age(timestamp: str) -> str:
         then = datetime.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
     except ValueError:
         return str(timestamp)
-    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
+    from dwsbridge.display import format_age
+
+    return format_age((datetime.datetime.now(datetime.UTC) - then).total_seconds())
