@@ -5,10 +5,16 @@ PY := $(VENV)/bin/python
 # Debian's interpreter: readable by every user (jobs run the copyoffload client as themselves).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 DEBS := python3-venv slurmctld slurmd slurm-client munge curl
+# flux-core's build dependencies (DESIGN Part 8) and what the real-Flux tests run with (python3-jwt,
+# python3-cryptography: the service runs under `flux python`, Debian's interpreter).
+FLUX_DEBS := autoconf automake libtool make pkg-config libc6-dev libzmq3-dev uuid-dev libjansson-dev \
+  liblz4-dev libarchive-dev libhwloc-dev libsqlite3-dev lua5.1 liblua5.1-0-dev lua-posix python3-dev \
+  python3-cffi python3-ply python3-setuptools python3-yaml libsodium-dev libmunge-dev jq \
+  python3-jwt python3-cryptography
 
-.PHONY: install debs test lint typecheck unit demo bench clean
+.PHONY: install debs flux test lint typecheck unit demo bench clean
 
-install: debs $(VENV)/.installed
+install: debs $(VENV)/.installed flux
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
@@ -19,12 +25,20 @@ $(VENV)/.installed: pyproject.toml
 # Debian packages for the real-Slurm tests and kubectl; only when root, only what is missing.
 debs:
 	@if [ "$$(id -u)" = 0 ]; then \
-	  missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  missing=$$(for p in $(DEBS) $(FLUX_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	  fi; \
+	fi
+
+# A real flux-core for the Flux tests: reused from the cache (/var/cache/dwsbridge, or DWSB_FLUX_CACHE,
+# or FLUX_PREFIX), else built from ../shared/vendor/flux-core-0.88.0.tar.gz (or DWSB_FLUX_TARBALL); only
+# when root. Without a tarball the Flux tests skip (and .ci/run fails).
+flux: $(VENV)/.installed
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(PY) -m testenv.flux_build --check >/dev/null 2>&1 || $(PY) -m testenv.flux_build || test $$? = 3; \
 	fi
 
 lint: install

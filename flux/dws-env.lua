@@ -106,7 +106,13 @@ end
 local function set_environment()
     local info = shell.info
     if not wants_dws(info) then return end
-    local pipe = io.popen("flux job eventlog --format=json " .. string.format("%d", info.jobid) .. " 2>/dev/null")
+    -- The job ID as a string: a Lua 5.1 number (a double) rounds IDs at or above 2^53 to a neighbour's.
+    local jobid = shell.getenv("FLUX_JOB_ID")
+    if not jobid or not jobid:match("^[%w\128-\255]+$") then
+        shell.log_error("dwsbridge: FLUX_JOB_ID is not set; DW_* variables are not set")
+        return
+    end
+    local pipe = io.popen("flux job eventlog --format=json " .. jobid .. " 2>/dev/null")
     if not pipe then return end
     local eventlog = pipe:read("*a") or ""
     pipe:close()

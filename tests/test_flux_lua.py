@@ -18,7 +18,12 @@ def eventlog(*entries: dict[str, Any]) -> str:
     return "".join(json.dumps(entry) + "\n" for entry in entries)
 
 
-def run_plugin(log_text: str, jobspec: dict[str, Any]) -> tuple[dict[str, str], list[str], list[str]]:
+JOBID_F58 = "ƒ2DLRLAEfMh"  # 9007293643358209: above 2^53, where shell.info.jobid (a double) is wrong
+
+
+def run_plugin(
+    log_text: str, jobspec: dict[str, Any], job_env: dict[str, str] | None = None
+) -> tuple[dict[str, str], list[str], list[str]]:
     """Load the plugin as the shell would, run its shell.init handler; return what it exported,
     what it logged and the commands it ran."""
     lua = lua51.LuaRuntime(unpack_returned_tuples=True)
@@ -35,7 +40,9 @@ def run_plugin(log_text: str, jobspec: dict[str, Any]) -> tuple[dict[str, str], 
     lua.globals().io.popen = popen
     lua.execute("handlers = {}; plugin = { register = function(p) handlers = p.handlers end }")
     shell = lua.eval("{}")
-    shell.info = lua.table_from({"jobid": 123456789012, "jobspec": lua.table_from({})})
+    shell.info = lua.table_from({"jobid": 9007293643358209, "jobspec": lua.table_from({})})
+    given = {"FLUX_JOB_ID": JOBID_F58} if job_env is None else job_env
+    shell.getenv = lambda key: given.get(key)
     lua.execute("function set_jobspec(info, dw) info.jobspec = { attributes = { system = { dw = dw } } } end")
     dw = ((jobspec.get("attributes") or {}).get("system") or {}).get("dw")
     lua.globals().set_jobspec(shell.info, dw)
@@ -61,7 +68,7 @@ def test_exports_the_last_dws_environment_event() -> None:
     env, errors, commands = run_plugin(text, {"attributes": {"system": {"dw": "#DW jobdw ..."}}})
     assert env == variables
     assert errors == []
-    assert commands == ["flux job eventlog --format=json 123456789012 2>/dev/null"]
+    assert commands == [f"flux job eventlog --format=json {JOBID_F58} 2>/dev/null"]
 
 
 def test_decodes_json_escapes() -> None:
@@ -82,3 +89,10 @@ def test_says_so_when_the_event_is_missing() -> None:
     )
     assert env == {}
     assert errors and "no dws_environment event" in errors[0]
+
+
+def test_without_flux_job_id_it_reads_no_eventlog_and_says_so() -> None:
+    text = eventlog({"timestamp": 1.0, "name": "dws_environment", "context": {"variables": {"A": "b"}}})
+    env, errors, commands = run_plugin(text, {"attributes": {"system": {"dw": "#DW"}}}, job_env={})
+    assert (env, commands) == ({}, [])
+    assert errors == ["dwsbridge: FLUX_JOB_ID is not set; DW_* variables are not set"]

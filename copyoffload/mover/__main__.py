@@ -7,7 +7,9 @@ With --json-progress, stdout carries the JSON-lines protocol `copy_as_user` read
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -43,14 +45,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    emit = _json_emitter() if args.json_progress else _text_emitter()
+    cancel = threading.Event()
+    emit = _json_emitter(on_reader_gone=cancel.set) if args.json_progress else _text_emitter()
     if args.expect_uid is not None:
         try:
             verify_dropped(args.expect_uid, args.expect_gid if args.expect_gid is not None else -1)
         except PrivilegeError as exc:
             emit({"event": "error", "kind": "copy", "message": f"refusing to copy: {exc}"})
             return 3
-    cancel = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         cancel.set()
@@ -86,15 +88,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _json_emitter() -> Emit:
+def _json_emitter(on_reader_gone: Callable[[], None]) -> Emit:
+    """JSON lines on stdout. When the reader is gone (the parent died: broken pipe) the copy is
+    cancelled, so it removes its partial output and exits; nothing more is written."""
     lock = threading.Lock()
+    gone = False
 
     def emit(event: dict[str, object]) -> None:
+        nonlocal gone
         with lock:
-            sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
-            sys.stdout.flush()
+            if gone:
+                return
+            try:
+                sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+            except (BrokenPipeError, ValueError):
+                gone = True
+                _silence_stdio()
+                on_reader_gone()
 
     return emit
+
+
+def _silence_stdio() -> None:
+    """Point stdout and stderr at /dev/null, so later writes and the flush at exit cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def _text_emitter() -> Emit:

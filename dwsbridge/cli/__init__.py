@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "dwsbridge.cli.validate",
     "dwsbridge.cli.admin",
     "dwsbridge.cli.slurm",
+    "dwsbridge.cli.flux",
     "dwsbridge.cli.agent",
 )
 

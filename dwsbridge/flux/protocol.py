@@ -19,6 +19,8 @@ EPILOG = "dws-epilog"
 ENVIRONMENT_EVENT = "dws_environment"
 EXCEPTION_TYPE = "dws"
 EPILOG_TIMEOUT_TYPE = "dws-epilog-timeout"
+# `flux job raise --type=dws-hurry JOBID`: tear down in a hurry now, skipping stage-out (scancel --hurry).
+HURRY_TYPE = "dws-hurry"
 NOTE_PREFIX = "DWS workflow interactions failed: "
 
 SERVICE = "dws"

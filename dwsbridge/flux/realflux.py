@@ -64,15 +64,19 @@ class TrackedJob:
     userid: int
     jobspec: dict[str, Any]
     allocated: bool = False
+    R: Any = None
     started: bool = False
     finished: bool = False
     torn_down: bool = False
     hurried: bool = False
+    aborted: bool = False
+    env_posted: bool = False
     epilog_done: bool = False
 
 
 class PerJobWorkers:
-    """Runs each job's work in submission order, jobs in parallel; `None` pool runs work inline."""
+    """Runs each job's work in submission order, jobs in parallel; `None` pool runs work inline.
+    `urgent` work (a hurried teardown) does not queue: it runs at once beside the job's running step."""
 
     def __init__(self, pool: ThreadPoolExecutor | None) -> None:
         self._pool = pool
@@ -91,6 +95,12 @@ class PerJobWorkers:
             self._queues[jobid] = deque([work])
         self._pool.submit(self._drain, jobid)
 
+    def urgent(self, jobid: int, work: Callable[[], None]) -> None:
+        if self._pool is None:
+            work()
+            return
+        threading.Thread(target=self._run, args=(jobid, work), name=f"dws-hurry-{jobid}", daemon=True).start()
+
     def _drain(self, jobid: int) -> None:
         while True:
             with self._lock:
@@ -99,23 +109,32 @@ class PerJobWorkers:
                     del self._queues[jobid]
                     return
                 work = pending.popleft()
-            try:
-                work()
-            except Exception:
-                log.exception("job=%s work crashed", jobid)
+            self._run(jobid, work)
+
+    @staticmethod
+    def _run(jobid: int, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:
+            log.exception("job=%s work crashed", jobid)
 
 
 @dataclass
 class JournalFollower:
-    """Turns journal events into lifecycle work and its results into Flux events and exceptions."""
+    """Turns journal events into lifecycle work and its results into Flux events and exceptions.
+
+    The journal first replays the history of every job, active or inactive, then a sentinel, then live
+    events. History only rebuilds what we know; at the sentinel each active job's work resumes where
+    it stands (a step it passed is never redone, a posted event never posted again); inactive jobs are
+    never acted on, and workflows no active job owns are torn down."""
 
     service: DwsService
     handle: Any
     job_raise: JobRaise = flux_job_raise
     workers: PerJobWorkers = field(default_factory=lambda: PerJobWorkers(None))
     jobs: dict[int, TrackedJob] = field(default_factory=dict)
+    live: bool = True  # False while a full journal replays its history (run_service)
     _results: queue.SimpleQueue[Callable[[], None]] = field(default_factory=queue.SimpleQueue)
-    _seen: set[int] = field(default_factory=set)
 
     # --- the journal ---------------------------------------------------------------------------
     def handle_event(self, event: Any) -> None:
@@ -123,7 +142,6 @@ class JournalFollower:
         if jobid < 0:
             self.history_done()
             return
-        self._seen.add(jobid)
         name = event.name
         context = getattr(event, "context", None) or {}
         if name == "submit":
@@ -132,9 +150,15 @@ class JournalFollower:
         job = self.jobs.get(jobid)
         if job is None:
             return
-        if name == "alloc":
-            job.allocated = True
-            self._setup(job, getattr(event, "R", None))
+        if name == "clean":
+            if self.live and not job.torn_down:
+                self._teardown(job, abort=False)
+            self.jobs.pop(jobid, None)
+        elif not self.live:
+            self._remember(job, name, context, event)
+        elif name == "alloc":
+            job.allocated, job.R = True, getattr(event, "R", None)
+            self._setup(job)
         elif name == "start":
             job.started = True
         elif name == "finish":
@@ -142,53 +166,97 @@ class JournalFollower:
             self._post_run(job)
         elif name == "exception" and context.get("severity") == 0:
             self._exception(job, str(context.get("type", "")))
-        elif name == "clean":
-            if not job.torn_down:
-                self._teardown(job, abort=False)
-            self.jobs.pop(jobid, None)
+
+    def _remember(self, job: TrackedJob, name: str, context: dict[str, Any], event: Any) -> None:
+        """A history event: note where the job stands, act on nothing yet."""
+        if name == "alloc":
+            job.allocated, job.R = True, getattr(event, "R", None)
+        elif name == "start":
+            job.started = True
+        elif name == "finish":
+            job.finished = True
+        elif name == protocol.ENVIRONMENT_EVENT:
+            job.env_posted = True
+        elif name == EPILOG_DONE_EVENT:
+            job.epilog_done = True
+        elif name == "exception" and context.get("severity") == 0:
+            kind = str(context.get("type", ""))
+            if kind == protocol.EPILOG_TIMEOUT_TYPE:
+                job.aborted = True
+            elif self._hurries(job, kind):
+                job.hurried = True
 
     def history_done(self) -> None:
-        """After the journal's history: workflows of jobs Flux no longer has are torn down."""
+        """At the sentinel: resume each active job where it stands; tear down workflows of jobs Flux
+        no longer has (they ended while the service was down)."""
+        self.live = True
+        for job in list(self.jobs.values()):
+            if job.epilog_done:
+                job.torn_down = True
+            elif job.aborted or job.hurried:
+                self._teardown(job, abort=job.aborted)
+            elif job.finished:
+                self._post_run(job)
+            elif job.allocated and not job.env_posted:
+                self._create(job)
+                self._setup(job)
+            elif not job.allocated:
+                self._create(job)
         for status in self.service.lifecycle.list():
             if status.wlm != WLM or not status.job_id.isdigit():
                 continue
-            if int(status.job_id) not in self._seen:
+            if int(status.job_id) not in self.jobs:
                 log.warning("workflow=%s belongs to no active job: tearing it down", status.name)
                 orphan = TrackedJob(int(status.job_id), status.uid, {})
                 self._teardown(orphan, abort=False)
+        log.info("journal history replayed: %d active dw job(s)", len(self.jobs))
 
     def _submitted(self, jobid: int, context: dict[str, Any], jobspec: Any) -> None:
-        dw = protocol.dw_attribute(jobspec)
-        if dw is None:
+        if protocol.dw_attribute(jobspec) is None:
             return
         userid = int(context.get("userid", -1))
         job = self.jobs.setdefault(jobid, TrackedJob(jobid, userid, jobspec))
-        system = protocol.system_attributes(jobspec)
-        tolerance = system.get(protocol.TOLERANCE_ATTRIBUTE)
+        if self.live:
+            self._create(job)
+
+    def _create(self, job: TrackedJob) -> None:
+        dw = protocol.dw_attribute(job.jobspec)
+        tolerance = protocol.system_attributes(job.jobspec).get(protocol.TOLERANCE_ATTRIBUTE)
 
         def create() -> None:
-            try:
-                self.service.create(job.jobid, job.userid, dw, failure_tolerance=tolerance)
-            except DwsBridgeError as exc:
-                message = str(exc)
-                self._later(lambda: self._raise(job, message))
-
-        self.workers.submit(jobid, create)
-
-    def _setup(self, job: TrackedJob, R: Any) -> None:
-        def setup() -> None:
             if job.hurried:
                 return
             try:
-                env = self.service.setup(job.jobid, R)
+                self.service.create(job.jobid, job.userid, dw, failure_tolerance=tolerance)
             except DwsBridgeError as exc:
                 message = str(exc)
                 if not job.hurried:
                     self._later(lambda: self._raise(job, message))
                 return
-            self._later(lambda: self._post(job, protocol.ENVIRONMENT_EVENT, {"variables": env}))
+            if job.hurried:  # cancelled while Proposal ran: the teardown may have missed it
+                self.service.teardown(job.jobid)
+
+        self.workers.submit(job.jobid, create)
+
+    def _setup(self, job: TrackedJob) -> None:
+        def setup() -> None:
+            if job.hurried:
+                return
+            try:
+                env = self.service.setup(job.jobid, job.R)
+            except DwsBridgeError as exc:
+                message = str(exc)
+                if not job.hurried:
+                    self._later(lambda: self._raise(job, message))
+                return
+            self._later(lambda: self._post_environment(job, env))
 
         self.workers.submit(job.jobid, setup)
+
+    def _post_environment(self, job: TrackedJob, env: dict[str, str]) -> None:
+        if not job.hurried and not job.env_posted:
+            job.env_posted = True
+            self._post(job, protocol.ENVIRONMENT_EVENT, {"variables": env})
 
     def _post_run(self, job: TrackedJob) -> None:
         def post_run() -> None:
@@ -196,21 +264,30 @@ class JournalFollower:
                 self.service.post_run(job.jobid, run_started=job.started and not job.hurried)
             except DwsBridgeError as exc:
                 message = str(exc)
-                self._later(lambda: self._epilog_done(job, 1, message))
+                if not job.hurried:  # else the hurried teardown reports
+                    self._later(lambda: self._epilog_done(job, 1, message))
                 return
             self._later(lambda: self._epilog_done(job, 0))
 
         job.torn_down = True
         self.workers.submit(job.jobid, post_run)
 
+    @staticmethod
+    def _hurries(job: TrackedJob, exc_type: str) -> bool:
+        """`dws-hurry` always; any other fatal exception before the job started or once it finished
+        (a cancel during stage-in or stage-out). A cancel of a running job stages out, like scancel."""
+        return exc_type == protocol.HURRY_TYPE or not job.started or job.finished
+
     def _exception(self, job: TrackedJob, exc_type: str) -> None:
         if exc_type == protocol.EPILOG_TIMEOUT_TYPE:
             self._teardown(job, abort=True)
-        elif not job.started or job.finished:
+        elif self._hurries(job, exc_type):
             self._teardown(job, abort=False)
 
     def _teardown(self, job: TrackedJob, *, abort: bool) -> None:
-        """Hurry: the walk in progress stops at its next state, then the workflow goes."""
+        """Hurry: at once, beside whatever step runs (its copies are stopped), then the workflow goes."""
+        if job.hurried and job.torn_down and not abort:
+            return
         job.hurried = job.torn_down = True
         self.service.request_hurry(job.jobid)
 
@@ -223,7 +300,7 @@ class JournalFollower:
                 return
             self._later(lambda: self._epilog_done(job, 0))
 
-        self.workers.submit(job.jobid, teardown)
+        self.workers.urgent(job.jobid, teardown)
 
     # --- results, on the journal's thread ------------------------------------------------------
     def _later(self, action: Callable[[], None]) -> None:
@@ -291,7 +368,7 @@ def run_service(config_path: str | None = None, *, threads: int = 8) -> int:
     handle = flux_python().Flux()
     service = DwsService(Lifecycle(config), per_thread=lambda: Lifecycle(config))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dws") as pool:
-        follower = JournalFollower(service, handle, workers=PerJobWorkers(pool))
+        follower = JournalFollower(service, handle, workers=PerJobWorkers(pool), live=False)
         consumer = flux_python("flux.job").JournalConsumer(handle, full=True, include_sentinel=True)
         log.info("following the job-manager journal (backend %s)", config.backend)
         follower.follow(consumer)

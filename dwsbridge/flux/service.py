@@ -131,8 +131,7 @@ class DwsService:
                 return name
             raise DwsBridgeError(f"workflow {name} already exists (uid {current.uid}, {current.desired})")
         gid = self.gid_of(userid)
-        lc.create(wlm=WLM, job_id=jobid, uid=userid, gid=gid, directives=directives)
-        log.info("workflow=%s job=%s created for uid=%d gid=%d", name, jobid, userid, gid)
+        lc.create(wlm=WLM, job_id=jobid, uid=userid, gid=gid, directives=directives)  # logs "created"
         return name
 
     def gid_of(self, uid: int) -> int:

@@ -77,6 +77,8 @@ def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
         "DW_WORKFLOW_NAME": name,
         "DW_WORKFLOW_NAMESPACE": obj["metadata"].get("namespace", "default"),
         "NNF_NODE_NAME": driver.config.compute_name,
+        # A bridge run from a checkout (not installed into this interpreter) still finds copyoffload.
+        "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
     }
     command = [
         sys.executable,

@@ -294,6 +294,7 @@ class LocalDriver:
         name = obj["metadata"]["name"]
         uid, gid = int(obj["spec"]["userID"]), int(obj["spec"]["groupID"])
         env = (obj.get("status") or {}).get("env") or {}
+        self.stop_processes(name, "copy")  # a dead predecessor's copies: this state starts them afresh
         for d in self.directives(obj):
             if d.command != command:
                 continue
@@ -421,10 +422,11 @@ class LocalDriver:
         return False
 
     def stop_processes(self, name: str, kind: str | None) -> None:
-        """Kill what this workflow started (in any process): copies get SIGKILL, servers SIGTERM."""
+        """Stop what this workflow started (in any process): SIGTERM (a copy removes its partial
+        files, a server stops), SIGKILL for what still runs 5 s later."""
         for record in self.store.processes(name, kind):
             if is_alive(record.pid, record.start):
-                sig = signal.SIGKILL if record.kind == "copy" else signal.SIGTERM
+                sig = signal.SIGTERM
                 try:
                     os.killpg(record.pid, sig)
                 except ProcessLookupError:
