@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -213,6 +214,77 @@ def test_workflows_of_jobs_flux_no_longer_has_are_torn_down_after_the_history(
     feed(follower, submit(17), event(-1, "sentinel"))
     assert lc.teardowns == [("fluxjob-99", True)]
     assert [s.name for s in lc.list()] == ["fluxjob-17"]
+
+
+def replaying(follower: JournalFollower) -> JournalFollower:
+    follower.live = False  # as run_service starts: the journal's history comes first
+    return follower
+
+
+def test_replayed_history_never_acts_on_inactive_jobs_nor_reposts(follower: JournalFollower) -> None:
+    lc = lifecycle(replaying(follower))
+    lc.create(wlm="flux", job_id=21, uid=UID, gid=os.getgid(), directives=[JOBDW])
+    done = [submit(20), alloc(20), event(20, "start"), event(20, "finish"), event(20, EPILOG_DONE_EVENT)]
+    running = [submit(21), alloc(21), event(21, protocol.ENVIRONMENT_EVENT), event(21, "start")]
+    feed(follower, *done, event(20, "clean"), *running, event(-1, "sentinel"))
+    assert follower.handle.rpcs == [] and follower.handle.raised == []
+    assert [s.name for s in lc.list()] == ["fluxjob-21"]
+    assert lc.teardowns == []
+    feed(follower, event(21, "finish"), event(21, "clean"))
+    assert [name for name, _ in follower.handle.posted(21)] == [EPILOG_DONE_EVENT]
+    assert lc.list() == []
+
+
+def test_replay_resumes_each_active_job_where_it_stands(follower: JournalFollower) -> None:
+    lc = lifecycle(replaying(follower))
+    lc.create(wlm="flux", job_id=23, uid=UID, gid=os.getgid(), directives=[JOBDW])
+    held = [submit(22)]  # submitted while the service was down: created at the sentinel
+    prolog = [submit(23), alloc(23)]  # its setup had not finished
+    cancelled = [submit(24), event(24, "exception", {"type": "cancel", "severity": 0})]
+    feed(follower, *held, *prolog, *cancelled, event(-1, "sentinel"))
+    assert sorted(s.name for s in lc.list()) == ["fluxjob-22", "fluxjob-23"]
+    assert [name for name, _ in follower.handle.posted(23)] == [protocol.ENVIRONMENT_EVENT]
+    assert follower.handle.posted(22) == []
+    assert follower.handle.posted(24) == [(EPILOG_DONE_EVENT, {"status": 0})]
+
+
+def test_dws_hurry_while_running_skips_stage_out(follower: JournalFollower) -> None:
+    feed(follower, submit(25), alloc(25), event(25, "start"))
+    feed(follower, event(25, "exception", {"type": protocol.HURRY_TYPE, "severity": 0}))
+    assert lifecycle(follower).teardowns == [("fluxjob-25", True)]
+    feed(follower, event(25, "finish"), event(25, "clean"))
+    assert lifecycle(follower).teardowns == [("fluxjob-25", True)]
+    assert [name for name, _ in follower.handle.posted(25)].count(EPILOG_DONE_EVENT) == 1
+
+
+def test_hurried_teardown_does_not_wait_behind_the_running_step(local_config: Config) -> None:
+    """A cancel during a long DataIn tears down at once, beside the step (which then stops)."""
+    handle = FakeHandle()
+    main = RecordingLifecycle(local_config)
+    gate, reached = threading.Event(), threading.Event()
+
+    class SlowLifecycle(RecordingLifecycle):
+        def advance_to(self, name: str, state: str, **kwargs: Any) -> Any:
+            if state == "DataIn":
+                reached.set()
+                gate.wait(30)
+            return super().advance_to(name, state, **kwargs)
+
+    service = DwsService(main, per_thread=lambda: SlowLifecycle(local_config, main.teardowns))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        follower = JournalFollower(service, handle, job_raise=handle.job_raise, workers=PerJobWorkers(pool))
+        feed(follower, submit(26), alloc(26))
+        assert reached.wait(30)
+        feed(follower, event(26, "exception", {"type": "cancel", "severity": 0}))
+        deadline = time.monotonic() + 10
+        while not main.teardowns and time.monotonic() < deadline:
+            time.sleep(0.02)
+        torn_down_before_the_step_ended = list(main.teardowns)
+        gate.set()
+    follower.drain_results()
+    assert torn_down_before_the_step_ended == [("fluxjob-26", True)]
+    assert protocol.ENVIRONMENT_EVENT not in [name for name, _ in handle.posted(26)]
+    assert main.list() == []
 
 
 class FakeJournal:

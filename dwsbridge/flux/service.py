@@ -73,6 +73,7 @@ class DwsService:
         self._ruleset = ruleset
         self._lock = threading.Lock()
         self._hurry: dict[int, threading.Event] = {}
+        self._teardowns: dict[int, threading.Lock] = {}
 
     @property
     def lifecycle(self) -> Lifecycle:
@@ -207,10 +208,21 @@ class DwsService:
             self.lifecycle.advance_to(name, state, cancel=cancel)
 
     def _teardown(self, jobid: int, name: str, *, hurry: bool) -> None:
-        try:
-            self.lifecycle.teardown(name, hurry=hurry)
-        finally:
-            self._forget(jobid)
+        """One teardown of a job at a time: a hurried one running beside the step it overtook and
+        that step's own cleanup do not both walk the workflow (the second finds it gone)."""
+        with self._lock:
+            lock = self._teardowns.setdefault(jobid, threading.Lock())
+        with lock:
+            if not self.lifecycle.exists(name):
+                self._forget(jobid)
+                return
+            try:
+                self.lifecycle.teardown(name, hurry=hurry)
+            finally:
+                self._forget(jobid)
+        with self._lock:
+            if not lock.locked():
+                self._teardowns.pop(jobid, None)
         log.info("workflow=%s job=%s torn down hurry=%s", name, jobid, hurry)
 
     # --- the RPC form ----------------------------------------------------------------------------
