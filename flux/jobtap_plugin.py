@@ -3,9 +3,10 @@
 Used three ways (see docs/flux.md):
 
 - job-ingest validator: `[ingest.validator] plugins = ["jobspec", "/path/to/flux/jobtap_plugin.py"]`
-  loads class `Validator`, which refuses bad `#DW` lines at submit (`flux submit: [Errno 22] ...`).
-- the service: `flux python /path/to/flux/jobtap_plugin.py service [--config FILE]`, run by the
-  instance owner, follows the job-manager journal and walks each `dw` job's Workflow.
+  loads class `Validator`, which refuses bad `#DW` lines at submit (`[Errno 22] ...`).
+- the service: `flux python /path/to/flux/jobtap_plugin.py service [--config FILE]`, run as root
+  (`[access] allow-root-owner` lets it reach an instance it does not own), follows the job-manager
+  journal and walks each `dw` job's Workflow.
 - perilog commands: `... prolog` holds a `dw` job until its storage is ready (`dws_environment`),
   `... epilog` until it is staged out and torn down.
 

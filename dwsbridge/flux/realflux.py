@@ -8,13 +8,15 @@ outcome as dws-jobtap with the same event names:
   (`jobtap_plugin.py prolog`) waits for that event; the Lua shell plugin (flux/dws-env.lua) exports it.
 - `finish` -> PostRun, DataOut, Teardown, then post `dws_epilog_done {status, errstr?}`, which the
   perilog epilog (`jobtap_plugin.py epilog`) waits for.
-- a fatal exception before the job started or after it finished, and `clean` of a job whose workflow
-  is still there (cancelled before it ran) -> Teardown with hurry; `dws-epilog-timeout` -> abort.
+- a fatal exception before the job started or after it finished (a cancel during stage-in or
+  stage-out), one of type `dws-hurry` at any time, and `clean` of a job whose workflow is still there
+  -> Teardown with hurry; `dws-epilog-timeout` -> abort. A cancel of a running job stages out.
 
 Events go through `job-manager.post-event.post`, exceptions through `flux.job.job_raise`. Flux calls
-happen on the thread that reads the journal; workflow walks run on a worker per job (in order). No
-state is kept that the journal and the cluster do not hold: on restart the journal's history and the
-workflows left in the backend rebuild it.
+happen on the thread that reads the journal; workflow walks run on a worker per job (in order); a
+hurried teardown runs at once beside them (it stops their copies). No state is kept that the journal
+and the cluster do not hold: on restart the journal's history and the workflows left in the backend
+rebuild it, and only active jobs are acted on.
 """
 
 from __future__ import annotations
@@ -360,7 +362,7 @@ class JournalFollower:
 
 
 def run_service(config_path: str | None = None, *, threads: int = 8) -> int:
-    """`flux python flux/jobtap_plugin.py service`: run by the instance owner beside the broker."""
+    """`flux python flux/jobtap_plugin.py service`: run as root beside the broker (docs/flux.md)."""
     from dwsbridge.config import load_config
     from dwsbridge.lifecycle import Lifecycle
 
