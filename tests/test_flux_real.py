@@ -135,6 +135,14 @@ def test_normal_path_stages_in_and_out_and_the_job_gets_its_environment(
         ["cat", str(storage / "in" / "input.txt")], user=evil.pw_uid, group=evil.pw_gid, capture_output=True
     )
     assert peek.returncode != 0 and b"Permission denied" in peek.stderr
+    hurry = subprocess.run(  # another user cannot hurry (or cancel) the job and lose its stage-out
+        [flux.flux_cmd, "job", "raise", "--type=dws-hurry", job.jobid],
+        env=flux.env(),
+        user=evil.pw_uid,
+        group=evil.pw_gid,
+        capture_output=True,
+    )
+    assert hurry.returncode != 0 and b"ermission denied" in hurry.stderr, hurry.stderr
     (work / "go").touch()
     flux.wait_event(job, "clean")
     assert (work / "results" / "out" / "result.txt").read_text() == "INPUT DATA\n"
