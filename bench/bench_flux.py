@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.markdown import write_section
 from testenv import flux_build
-from testenv.flux_instance import FluxInstance
+from testenv.flux_instance import FluxInstance, processes_of
 
 REPO = Path(__file__).resolve().parent.parent
 OWNER = "dwsbt-fluxown"
@@ -61,6 +61,26 @@ def submit_rate(flux: FluxInstance, jobs: int, dw: str | None, *, service: bool 
     if not service:
         flux.start_service()
     return jobs / elapsed
+
+
+def hurry_latency(flux: FluxInstance, source: Path) -> float:
+    """Seconds from `flux cancel` of a job in a slow copy_in to its copy process gone (partial file
+    removed): the hurried teardown."""
+    dw = f"{JOBDW} #DW copy_in source={source} destination=$DW_JOB_data/ profile=slow"
+    job = flux.submit("true", dw=dw)
+    storage = flux.workflow(job) / "data"
+    deadline = time.monotonic() + 60
+    while not list(storage.rglob("*.dwsb-part")):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the slow copy_in did not start")
+        time.sleep(0.02)
+    started = time.monotonic()
+    flux.flux("cancel", job.jobid)
+    while processes_of(flux.owner.pw_uid, "copyoffload.mover"):
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    flux.wait_event(job, "clean", 60)
+    return elapsed
 
 
 def validator_cost(n: int = 2000) -> float:
@@ -129,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, dw, service in rounds:
                 rate_samples[name].append(submit_rate(flux, args.jobs, dw, service=service))
         rates = {name: statistics.median(values) for name, values in rate_samples.items()}
+        slow = data / "slow.bin"
+        slow.write_bytes(os.urandom(32 << 20))
+        os.chown(slow, flux.owner.pw_uid, flux.owner.pw_gid)
+        hurry = statistics.median(hurry_latency(flux, slow) for _ in range(3))
     finally:
         flux.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -159,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         plain_rate, dw_rate = rates["plain" + suffix], rates["dw" + suffix]
         lines.append(f"| {label} | {plain_rate:.0f} | {dw_rate:.0f} | {dw_rate / plain_rate:.2f}x |")
     lines += [
+        "",
+        f"Hurried teardown: `flux cancel` of a job in a slow copy_in (2 MiB/s of 32 MiB) to its copy stopped"
+        f" and its partial file removed: {hurry:.2f} s (median of 3; includes the `flux cancel` command).",
         "",
         f'`dw` jobs: `-S dw="{JOBDW}"`. '
         "The overhead is the service's walk (Proposal at submit; Setup, DataIn, PreRun held by the prolog;"

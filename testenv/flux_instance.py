@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -160,16 +161,31 @@ class FluxInstance:
         self.uri = uri_file.read_text().strip()
         self.start_service()
 
+    def service_unit(self) -> tuple[list[str], dict[str, str]]:
+        """ExecStart and Environment of the unit `dwsbridge flux install` wrote (FLUX_URI: this instance)."""
+        command: list[str] = []
+        env: dict[str, str] = {}
+        for line in (self.workdir / "units" / "dwsbridge-flux.service").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "ExecStart":
+                command = shlex.split(value)
+            elif key == "Environment":
+                name, _, setting = value.partition("=")
+                env[name] = setting
+        env["FLUX_URI"] = self.uri
+        return command, env
+
     def start_service(self) -> None:
-        """The service as root, as the shipped unit runs it (`flux python .../jobtap_plugin.py service`)."""
-        mark = self.service_log.stat().st_size if self.service_log.exists() else 0
+        """The service as root, as the shipped unit runs it."""
+        mark = self.service_lines_size()
+        command, unit_env = self.service_unit()
         with open(self.service_log, "ab") as log:
             self.service = subprocess.Popen(
-                [self.flux_cmd, "python", str(ENTRY_FILE), "service", "--config", str(self.config_file)],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env=self.env(DWSBRIDGE_LOG_LEVEL="INFO", TMPDIR="/tmp"),
+                env=self.env(DWSBRIDGE_LOG_LEVEL="INFO", TMPDIR="/tmp", **unit_env),
                 cwd="/",
             )
         self.wait_log("following the job-manager journal", since=mark)
@@ -259,6 +275,9 @@ class FluxInstance:
             return log.read().decode(errors="replace").splitlines()
 
     def log_mark(self) -> int:
+        return self.service_lines_size()
+
+    def service_lines_size(self) -> int:
         return self.service_log.stat().st_size if self.service_log.exists() else 0
 
     def wait_log(self, text: str, *, since: int = 0, timeout: float = 60) -> str:

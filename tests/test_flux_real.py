@@ -176,6 +176,13 @@ def test_batch_script_form_is_accepted_and_gets_the_environment(flux: FluxInstan
     assert gone(flux, job)
 
 
+def test_a_site_preset_names_the_directives(flux: FluxInstance, work: Path) -> None:
+    job = flux.submit(*script(work, f'echo "$DW_JOB_data" > {work}/path.txt'), dw="small")
+    flux.wait_event(job, "clean")
+    assert (work / "path.txt").read_text().strip() == str(flux.workflow(job) / "data")
+    assert gone(flux, job)
+
+
 def test_bad_directives_are_refused_at_submit(flux: FluxInstance, work: Path) -> None:
     before = set(flux.workflows())
     done = flux.flux("submit", "-S", "dw=#DW jobdw type=bogus capacity=1GiB name=data", "true", check=False)
