@@ -169,7 +169,11 @@ class InMemoryJobManager:
 
     def cancel(self, jobid: int, note: str = "") -> None:
         """`flux cancel`: a severity-0 exception of type cancel."""
-        self._exception(self.jobs[jobid], "cancel", 0, note)
+        self.raise_now(jobid, "cancel", note)
+
+    def raise_now(self, jobid: int, type: str, note: str = "", severity: int = 0) -> None:
+        """`flux job raise --type=TYPE`, by a user, at once (raise_exception is the plugin's, queued)."""
+        self._exception(self.jobs[jobid], type, severity, note)
 
     def at(
         self,

@@ -234,6 +234,27 @@ def test_cancel_during_epilog_tears_down_in_a_hurry_without_staging_out(
     nothing_left(bridge, local_config)
 
 
+def test_dws_hurry_while_running_skips_stage_out(
+    bridge: FluxBridge, local_config: Config, world_tmp: Path
+) -> None:
+    def task(env: dict[str, str]) -> int:
+        Path(env["DW_JOB_data"], "result.txt").write_text("result\n")
+        return 0
+
+    bridge.jm.at("start", lambda job: bridge.jm.raise_now(job.id, "dws-hurry", "hurry"))
+    job = bridge.run_job(
+        userid=UID,
+        dw=f"{JOBDW} #DW copy_out source=$DW_JOB_data/result.txt destination={world_tmp}/",
+        task=task,
+    )
+    assert job.context("exception")["type"] == "dws-hurry", job.names()
+    assert job.names().index("exception") < job.names().index("finish"), job.names()
+    assert bridge.requests("dws.post_run")[-1]["run_started"] is False
+    assert bridge.lifecycle.teardowns == [(f"fluxjob-{job.id}", True)]
+    assert not (world_tmp / "result.txt").exists()
+    nothing_left(bridge, local_config)
+
+
 def test_cancel_before_run_tears_down_in_a_hurry_and_leaves_nothing(
     bridge: FluxBridge, local_config: Config
 ) -> None:

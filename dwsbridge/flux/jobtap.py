@@ -314,6 +314,8 @@ class DwsJobtap:
                     lambda reply: self._log_reply(job.id, protocol.ABORT, reply),
                 )
             return
+        if context.get("type") == protocol.HURRY_TYPE and not st.epilog_started:
+            st.run_started = False  # dws-hurry: once the job ends, straight to a hurried Teardown
         if st.prolog_active:
             st.prolog_active = False
             if not st.teardown_requested:  # stop the setup walk; the job will not run
