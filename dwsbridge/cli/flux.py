@@ -57,7 +57,9 @@ def register(subparsers: Any) -> None:
         "--unit-dir", default="/etc/systemd/system", metavar="DIR", help="where the unit goes (%(default)s)"
     )
     install.add_argument(
-        "--flux", default=shutil.which("flux") or "/usr/bin/flux", metavar="PATH", help="the flux command"
+        "--flux",
+        metavar="PATH",
+        help="the flux command the snippets and the unit run (default: flux on PATH)",
     )
     install.add_argument(
         "--source",
@@ -175,7 +177,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     for needed in (entry, lua):
         if not needed.is_file():
             raise ConfigError(f"{needed} is missing: pass --source DIR (the flux/ directory of a checkout)")
-    flux = os.path.abspath(args.flux)
+    flux = os.path.abspath(args.flux or shutil.which("flux") or "/usr/bin/flux")
     if not os.access(flux, os.X_OK):
         raise ConfigError(f"{flux} is not executable: pass --flux PATH")
     config_arg = args.bridge_config or getattr(args, "config", None)
