@@ -281,8 +281,12 @@ def test_hurried_teardown_does_not_wait_behind_the_running_step(local_config: Co
             time.sleep(0.02)
         torn_down_before_the_step_ended = list(main.teardowns)
         gate.set()
-    follower.drain_results()
+    deadline = time.monotonic() + 10  # the hurried teardown's thread reports when it is done
+    while EPILOG_DONE_EVENT not in [name for name, _ in handle.posted(26)] and time.monotonic() < deadline:
+        follower.drain_results()
+        time.sleep(0.02)
     assert torn_down_before_the_step_ended == [("fluxjob-26", True)]
+    assert handle.posted(26) == [(EPILOG_DONE_EVENT, {"status": 0})]
     assert protocol.ENVIRONMENT_EVENT not in [name for name, _ in handle.posted(26)]
     assert main.list() == []
 
