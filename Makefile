@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 DEBS := python3-venv slurmctld slurmd slurm-client munge curl
 
-.PHONY: install debs test lint typecheck unit demo bench clean
+.PHONY: install debs test lint typecheck unit demo bench clean proto
 
 install: debs $(VENV)/.installed
 
@@ -44,6 +44,11 @@ demo: install
 
 bench: install
 	$(PY) -m bench.run
+
+# Regenerate nnf-dm's gRPC code after editing nnfdm/api/datamovement.proto (the output is committed).
+proto: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+	  --grpc_python_out=. --grpclib_python_out=. nnfdm/api/datamovement.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
