@@ -142,6 +142,8 @@ class RequestBook:
 
     def list(self, caller: Caller, ref: WorkflowRef) -> builtins.list[str]:
         workflow = self._workflow_for(caller, ref, must_exist=Refused.NOT_FOUND)
+        if workflow.desired_state != "PreRun":
+            self.forget(WorkflowRef(workflow.name, workflow.namespace))
         with self._lock:
             return sorted(self._by_workflow.get(WorkflowRef(workflow.name, workflow.namespace), ()))
 
@@ -197,6 +199,8 @@ class RequestBook:
     def _entry(self, caller: Caller, ref: WorkflowRef, uid: str) -> Entry:
         workflow = self._workflow_for(caller, ref, must_exist=Refused.NOT_FOUND)
         key = parse_request_uid(uid)
+        if workflow.desired_state != "PreRun":  # the job has ended: its requests end with it
+            self.forget(WorkflowRef(workflow.name, workflow.namespace))
         with self._lock:
             entry = self._entries.get(key)
         if (

@@ -77,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="dwsbridge configuration file (default $DWSBRIDGE_CONFIG)")
     p.add_argument("--copy-offload-cert", help="kubernetes backend: CA certificate of copy-offload servers")
     p.add_argument("--max-running", type=int, default=4, help="copies running at once per workflow")
+    p.add_argument(
+        "--max-requests-per-user", type=int, default=256, help="requests a user may hold (create - delete)"
+    )
     p.add_argument("--sweep-interval", type=float, default=1.0, help="seconds between workflow-end checks")
     p.add_argument("--ready-file", help="write the daemon's pid here once it serves (for scripts)")
     p.add_argument("--log-level", default=env("NNF_DM_LOG_LEVEL", "INFO"), help="default %(default)s")
@@ -158,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_running=max(1, args.max_running),
         ready_file=args.ready_file,
         copy_offload_cert=args.copy_offload_cert,
+        max_requests_per_user=max(1, args.max_requests_per_user),
     )
     try:
         asyncio.run(serve(config, options, version()))

@@ -38,6 +38,7 @@ class DaemonOptions:
     max_running: int = 4
     ready_file: str | None = None
     copy_offload_cert: str | None = None
+    max_requests_per_user: int = 256
 
 
 def listen_unix(path: str, mode: int = 0o766) -> socket.socket:
@@ -90,7 +91,12 @@ def build_book(config: Config, options: DaemonOptions) -> tuple[Book, object | N
         from nnfdm.local import LocalEngine
 
         engine = LocalEngine(config, node=options.node_name, max_running=options.max_running)
-    return RequestBook(engine, reader, default_namespace=config.namespace), engine
+    return RequestBook(
+        engine,
+        reader,
+        default_namespace=config.namespace,
+        max_active_per_user=options.max_requests_per_user,
+    ), engine
 
 
 async def serve(config: Config, options: DaemonOptions, version: str) -> None:

@@ -1,0 +1,59 @@
+"""Run nnf-dm RPCs from a JSON list on stdin with stubs generated from our .proto (on PYTHONPATH).
+
+Used by tests as an ordinary user. Prints a JSON list: each response as a dict (enum values by name,
+every field present), or ``{"grpc_error": CODE, "details": ...}``. ``"$uid"`` in an argument is
+replaced by the uid of the most recent Create.
+"""
+
+import json
+import os
+import sys
+import time
+
+import datamovement_pb2
+import datamovement_pb2_grpc
+import grpc
+from google.protobuf import empty_pb2, json_format
+
+REQUESTS = {
+    "Create": datamovement_pb2.DataMovementCreateRequest,
+    "Status": datamovement_pb2.DataMovementStatusRequest,
+    "Delete": datamovement_pb2.DataMovementDeleteRequest,
+    "List": datamovement_pb2.DataMovementListRequest,
+    "Cancel": datamovement_pb2.DataMovementCancelRequest,
+}
+
+
+def main() -> None:
+    calls = json.load(sys.stdin)
+    workflow = {"name": os.environ["DW_WORKFLOW_NAME"], "namespace": os.environ["DW_WORKFLOW_NAMESPACE"]}
+    results = []
+    last_uid = ""
+    with grpc.insecure_channel("unix://" + os.environ["NNF_DM_SOCKET"]) as channel:
+        stub = datamovement_pb2_grpc.DataMoverStub(channel)
+        for call in calls:
+            rpc = call["rpc"]
+            if rpc == "sleep":
+                time.sleep(call["seconds"])
+                results.append({})
+                continue
+            if rpc == "Version":
+                request = empty_pb2.Empty()
+            else:
+                args = {"workflow": workflow, **call.get("args", {})}
+                args = {k: (last_uid if v == "$uid" else v) for k, v in args.items()}
+                request = json_format.ParseDict(args, REQUESTS[rpc]())
+            try:
+                reply = getattr(stub, rpc)(request, timeout=call.get("timeout", 60))
+            except grpc.RpcError as exc:
+                results.append({"grpc_error": exc.code().name, "details": exc.details()})
+                continue
+            body = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
+            if rpc == "Create" and body.get("uid"):
+                last_uid = body["uid"]
+            results.append(body)
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
