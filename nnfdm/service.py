@@ -107,9 +107,8 @@ class DataMoverService(DataMoverBase):
         caller = _caller(stream)
         wait = 0.0 if req.maxWaitTime == 0 else (None if req.maxWaitTime < 0 else float(req.maxWaitTime))
         try:
-            if wait == 0:
-                status = await self._call(self.book.status, caller, _ref(req), req.uid, 0.0)
-            else:
+            status = await self._call(self.book.status, caller, _ref(req), req.uid, 0.0)
+            if wait != 0 and not status.finished:
                 with self._wait_slot(caller) as allowed:
                     status = await self._wait(
                         self.book.status, caller, _ref(req), req.uid, wait if allowed else 0
