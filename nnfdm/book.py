@@ -110,7 +110,7 @@ class RequestBook:
             self._entries[request] = Entry(request, ref, caller.uid, handle, args.store_stdout)
             self._by_workflow.setdefault(ref, set()).add(request)
         log.info(
-            "workflow=%s request=%s created by uid=%d: %s -> %s%s",
+            "workflow=%s request=%s created by uid=%d: %r -> %r%s",
             ref.name,
             request,
             caller.uid,

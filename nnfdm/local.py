@@ -160,7 +160,7 @@ class _Copier:
         def report(p: Any) -> None:
             progress(p)
             if request.log_stdout:
-                log.info("workflow=%s copy %s: %.1f%%", name, request.source_path, p.percent)
+                log.info("workflow=%s copy %r: %.1f%%", name, request.source_path, p.percent)
 
         try:
             options = dataclasses.replace(
@@ -177,10 +177,10 @@ class _Copier:
                 on_child=register,
             )
         except mover.CopyCancelled:
-            log.info("workflow=%s copy %s cancelled", name, request.source_path)
+            log.info("workflow=%s copy %r cancelled", name, request.source_path)
             raise CopyAborted() from None
         except (mover.CopyError, DriverError) as exc:
-            log.info("workflow=%s copy %s failed: %s", name, request.source_path, exc)
+            log.info("workflow=%s copy %r failed: %s", name, request.source_path, exc)
             raise CopyFailed(str(exc)) from None
         finally:
             for pid in children:
@@ -188,7 +188,7 @@ class _Copier:
             store.close()
         message = _describe_result(result)
         log.info(
-            "workflow=%s copy %s -> %s: %s", name, request.source_path, request.destination_path, message
+            "workflow=%s copy %r -> %r: %s", name, request.source_path, request.destination_path, message
         )
         return message
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from typing import Any
 
 from dwsbridge.backends.base import Backend
 from dwsbridge.config import Config
-from nnfdm.model import WorkflowRef, WorkflowView
+from nnfdm.model import Refused, WorkflowRef, WorkflowView
+
+log = logging.getLogger("nnfdm")
+# Kubernetes object names (DNS-1123 subdomain): anything else names no workflow, and never reaches
+# the store or the API server as a path
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class WorkflowReader:
@@ -27,7 +34,13 @@ class WorkflowReader:
         return backend
 
     def __call__(self, ref: WorkflowRef) -> WorkflowView | None:
-        obj = self.backend().find(ref.name)
+        if not _NAME.match(ref.name) or not _NAME.match(ref.namespace):
+            return None
+        try:
+            obj = self.backend().find(ref.name)
+        except Exception as exc:  # the store or DWS is unreachable: the caller gets a reason, not a crash
+            log.warning("workflow=%s cannot be read: %s", ref.name, exc)
+            raise Refused(Refused.FAILED, f"cannot read workflow {ref.name}: {exc}") from None
         if obj is None:
             return None
         meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}

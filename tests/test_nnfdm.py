@@ -154,6 +154,13 @@ def test_create_before_prerun_is_refused_with_upstreams_message(env: Env) -> Non
         )
         assert missing["status"] == "FAILED"
         assert "workflow bb999999999 not found in namespace default" in missing["message"]
+        (odd,) = env.calls(
+            env.user1, "../../etc", [{"rpc": "Create", "args": {"source": "/a", "destination": "/b"}}]
+        )
+        assert (odd["status"], odd["message"]) == (
+            "FAILED",
+            "workflow ../../etc not found in namespace default",
+        )
     finally:
         env.lifecycle().teardown(name)
 
@@ -504,11 +511,16 @@ if __name__ == '__main__':
 def test_every_call_is_logged_with_its_workflow_and_no_token(env: Env) -> None:
     name = env.workflow(env.user1)
     try:
+        forged = "/etc/hostname\n2026-01-01 nnfdm INFO workflow=bb1 request=x created by uid=0"
         env.calls(
             env.user1,
             name,
-            [{"rpc": "Create", "args": {"source": "/etc/hostname", "destination": "$DW_JOB_scratch/h"}}],
+            [
+                {"rpc": "Create", "args": {"source": "/etc/hostname", "destination": "$DW_JOB_scratch/h"}},
+                {"rpc": "Create", "args": {"source": forged, "destination": "$DW_JOB_scratch/h2"}},
+            ],
         )
+        assert not any(line.startswith("2026-01-01") for line in env.daemon.log_text().splitlines())
         lines = [line for line in env.daemon.log_text().splitlines() if f"workflow={name}" in line]
         assert any("created by uid=" in line for line in lines)
         assert all("token" not in line.lower() for line in env.daemon.log_text().splitlines())
