@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import datamovement_pb2
 import datamovement_pb2_grpc
@@ -37,22 +38,33 @@ def main() -> None:
                 time.sleep(call["seconds"])
                 results.append({})
                 continue
-            if rpc == "Version":
-                request = empty_pb2.Empty()
-            else:
-                args = {"workflow": workflow, **call.get("args", {})}
-                args = {k: (last_uid if v == "$uid" else v) for k, v in args.items()}
-                request = json_format.ParseDict(args, REQUESTS[rpc]())
-            try:
-                reply = getattr(stub, rpc)(request, timeout=call.get("timeout", 60))
-            except grpc.RpcError as exc:
-                results.append({"grpc_error": exc.code().name, "details": exc.details()})
+            if rpc == "parallel":  # the same call from `count` threads at once, on the one channel
+                with ThreadPoolExecutor(call["count"]) as pool:
+                    futures = [
+                        pool.submit(one, stub, call["call"], workflow, last_uid) for _ in range(call["count"])
+                    ]
+                    results.append({"replies": [f.result() for f in futures]})
                 continue
-            body = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
+            body = one(stub, call, workflow, last_uid)
             if rpc == "Create" and body.get("uid"):
                 last_uid = body["uid"]
             results.append(body)
     json.dump(results, sys.stdout)
+
+
+def one(stub, call, workflow, last_uid):
+    rpc = call["rpc"]
+    if rpc == "Version":
+        request = empty_pb2.Empty()
+    else:
+        args = {"workflow": workflow, **call.get("args", {})}
+        args = {k: (last_uid if v == "$uid" else v) for k, v in args.items()}
+        request = json_format.ParseDict(args, REQUESTS[rpc]())
+    try:
+        reply = getattr(stub, rpc)(request, timeout=call.get("timeout", 60))
+    except grpc.RpcError as exc:
+        return {"grpc_error": exc.code().name, "details": exc.details()}
+    return json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,47 @@ def running_daemon(
                 proc.wait()
 
 
+def start_calls_as(
+    user: pwd.struct_passwd,
+    daemon: Daemon,
+    calls: list[dict[str, Any]],
+    *,
+    workflow: str = "",
+    namespace: str = "default",
+) -> subprocess.Popen[bytes]:
+    """``calls`` as ``user`` in a process of their own, running in the background."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(daemon.stubs),
+        "DW_WORKFLOW_NAME": workflow,
+        "DW_WORKFLOW_NAMESPACE": namespace,
+        "NNF_DM_SOCKET": daemon.socket,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(CALLS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        cwd="/",
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(calls).encode())
+    proc.stdin.close()
+    return proc
+
+
+def results_of(proc: subprocess.Popen[bytes], timeout: float = 120) -> list[dict[str, Any]]:
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if proc.wait(timeout) != 0:
+        raise AssertionError(f"client failed ({proc.returncode}): {err.decode(errors='replace')}")
+    return list(json.loads(out))
+
+
 def calls_as(
     user: pwd.struct_passwd,
     daemon: Daemon,
@@ -100,25 +141,10 @@ def calls_as(
 ) -> list[dict[str, Any]]:
     """Run ``calls`` (``{"rpc": "Create", "args": {...}}``; ``"$uid"`` is the last Create's uid) as
     ``user``; return one dict per call: the response's fields (enums by name) or ``{"grpc_error": ...}``."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(daemon.stubs),
-        "DW_WORKFLOW_NAME": workflow,
-        "DW_WORKFLOW_NAMESPACE": namespace,
-        "NNF_DM_SOCKET": daemon.socket,
-    }
-    done = subprocess.run(
-        [sys.executable, str(CALLS)],
-        input=json.dumps(calls).encode(),
-        capture_output=True,
-        env=env,
-        user=user.pw_uid,
-        group=user.pw_gid,
-        extra_groups=[],
-        cwd="/",
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"client failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
-    return list(json.loads(done.stdout))
+    proc = start_calls_as(user, daemon, calls, workflow=workflow, namespace=namespace)
+    try:
+        return results_of(proc, timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -22,7 +22,7 @@ from dwsbridge.backends.local.store import is_alive
 from dwsbridge.config import Config
 from dwsbridge.lifecycle import Lifecycle
 from tests.conftest import ensure_user, needs_root, user_dir, user_file
-from tests.nnfdm_support import Daemon, calls_as, generate_stubs, running_daemon
+from tests.nnfdm_support import Daemon, calls_as, generate_stubs, results_of, running_daemon, start_calls_as
 from tests.slurm_support import wait_for
 
 pytestmark = [needs_root, pytest.mark.timeout(180)]
@@ -443,6 +443,43 @@ def test_one_user_cannot_exhaust_the_daemon_for_another(env: Env) -> None:
     finally:
         env.lifecycle().teardown(hog)
         env.lifecycle().teardown(name)
+
+
+def test_one_users_waiting_calls_do_not_stall_another(env: Env) -> None:
+    hog = env.workflow(env.user2)
+    name = env.workflow(env.user1)
+    big_file(env.storage(hog) / "big", env.user2, 30 * SLOW)
+    user_file(env.storage(name) / "f", env.user1, b"mine")
+    slow = {"source": "$DW_JOB_scratch/big", "destination": "$DW_JOB_scratch/copy", "profile": "slow"}
+    waits = {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": -1}, "timeout": 120}
+    hogging = start_calls_as(
+        env.user2,
+        env.daemon,
+        [{"rpc": "Create", "args": slow}, {"rpc": "parallel", "count": 24, "call": waits}],
+        workflow=hog,
+    )
+    try:
+        wait_for(lambda: env.daemon.log_text().count(f"workflow={hog} request=") >= 1, "the hog's copy", 30)
+        _, mine = env.calls(
+            env.user1,
+            name,
+            [
+                {
+                    "rpc": "Create",
+                    "args": {"source": "$DW_JOB_scratch/f", "destination": "$DW_JOB_scratch/g"},
+                },
+                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": -1}, "timeout": 20},
+            ],
+        )
+        assert (mine["state"], mine["status"]) == ("COMPLETED", "SUCCESS"), mine
+        assert hogging.poll() is None  # the hog's 24 waits were all still waiting meanwhile
+    finally:
+        env.lifecycle().teardown(hog, hurry=True)
+        env.lifecycle().teardown(name)
+    (_, parallel) = results_of(hogging)
+    # and the hog's waits end with its workflow, each with an answer
+    assert len(parallel["replies"]) == 24
+    assert all("grpc_error" not in r for r in parallel["replies"]), parallel
 
 
 def test_upstreams_python_example_works_unchanged(env: Env) -> None:
