@@ -69,8 +69,10 @@ class LocalEngine:
             dcp_options=args.dcp_options,
             log_stdout=args.log_stdout,
             store_stdout=args.store_stdout,
-            slots=args.slots,
-            max_slots=args.max_slots,
+            # 0 is proto3's "not set": upstream then leaves slots out of mpirun's hostfile, i.e. the
+            # default parallelism, so 0 defers to the profile here (copy-offload's 0 means serial)
+            slots=-1 if args.slots == 0 else args.slots,
+            max_slots=-1 if args.max_slots == 0 else args.max_slots,
             dm_profile=args.profile,
             mpirun_options=args.mpirun_options,
             workflow_name=workflow.name,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from copyoffload.mover import default_workers
 from dwsbridge.backends.local.backend import LocalBackend
 from dwsbridge.backends.local.store import is_alive
 from dwsbridge.config import Config
@@ -294,11 +295,12 @@ def test_the_copy_has_only_the_callers_rights(env: Env) -> None:
         env.lifecycle().teardown(name)
 
 
-def test_dryrun_and_store_stdout(env: Env) -> None:
+def test_dryrun_store_stdout_slots_and_profile(env: Env) -> None:
     name = env.workflow(env.user1)
     user_file(env.storage(name) / "f", env.user1, b"x" * 1000)
+    copy = {"source": "$DW_JOB_scratch/f"}
     try:
-        _, dry, _, stored = env.calls(
+        _, dry, _, stored, _, capped, _, profiled, _, default = env.calls(
             env.user1,
             name,
             [
@@ -320,8 +322,24 @@ def test_dryrun_and_store_stdout(env: Env) -> None:
                     },
                 },
                 {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": -1}},
+                {
+                    "rpc": "Create",
+                    "args": {**copy, "destination": "$DW_JOB_scratch/h", "slots": 5, "maxSlots": 2},
+                },
+                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": -1}},
+                {"rpc": "Create", "args": {**copy, "destination": "$DW_JOB_scratch/i", "profile": "slow"}},
+                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": -1}},
+                {"rpc": "Create", "args": {**copy, "destination": "$DW_JOB_scratch/j"}},
+                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": -1}},
             ],
         )
+        # slots unset (proto3's 0) is the default parallelism, not a serial copy
+        assert default["commandStatus"]["command"].startswith(
+            f"copyoffload-mover --workers {default_workers()} "
+        )
+        assert capped["commandStatus"]["command"].startswith("copyoffload-mover --workers 2 ")
+        assert profiled["commandStatus"]["command"].startswith("copyoffload-mover --workers 1 ")  # slow's
+        assert (capped["status"], profiled["status"]) == ("SUCCESS", "SUCCESS")
         assert (dry["state"], dry["status"]) == ("COMPLETED", "SUCCESS")
         assert not (env.storage(name) / "dry").exists()
         assert (stored["state"], stored["status"]) == ("COMPLETED", "SUCCESS")
