@@ -122,9 +122,18 @@ class RequestBook:
 
     def status(self, caller: Caller, ref: WorkflowRef, uid: str, max_wait: float | None) -> JobStatus:
         entry = self._entry(caller, ref, uid)
-        status = self.engine.status(entry.handle, max_wait)
+        return self._shown(entry, self.engine.status(entry.handle, max_wait))
+
+    def status_if_finished(self, caller: Caller, ref: WorkflowRef, uid: str) -> JobStatus | None:
+        """The status when the request is over (or the call is refused); None when waiting would wait."""
+        entry = self._entry(caller, ref, uid)
+        status = self.engine.status(entry.handle, 0)
+        return self._shown(entry, status) if status.finished else None
+
+    @staticmethod
+    def _shown(entry: Entry, status: JobStatus) -> JobStatus:
         if entry.store_stdout and status.finished and not status.message:
-            status = replace(status, message=status.command_status.last_message)
+            return replace(status, message=status.command_status.last_message)
         return status
 
     def cancel(self, caller: Caller, ref: WorkflowRef, uid: str) -> None:

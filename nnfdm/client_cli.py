@@ -121,9 +121,10 @@ def _report(args: argparse.Namespace, status: Status, uid: str, *, final: bool =
 
 def _progress_line(status: Status) -> None:
     width = 30
-    filled = width * max(0, min(100, status.progress)) // 100
+    percent = 100 if status.finished and status.status == "SUCCESS" else status.progress
+    filled = width * max(0, min(100, percent)) // 100
     bar = "#" * filled + "-" * (width - filled)
-    print(f"\r[{bar}] {status.progress:3d}% {status.state.lower():<10}", end="", file=sys.stderr, flush=True)
+    print(f"\r[{bar}] {percent:3d}% {status.state.lower():<10}", end="", file=sys.stderr, flush=True)
 
 
 def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

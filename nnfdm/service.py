@@ -53,6 +53,7 @@ class Book(Protocol):
 
     def create(self, caller: Caller, ref: WorkflowRef, args: CreateArgs) -> str: ...
     def status(self, caller: Caller, ref: WorkflowRef, uid: str, max_wait: float | None) -> JobStatus: ...
+    def status_if_finished(self, caller: Caller, ref: WorkflowRef, uid: str) -> JobStatus | None: ...
     def cancel(self, caller: Caller, ref: WorkflowRef, uid: str) -> None: ...
     def delete(self, caller: Caller, ref: WorkflowRef, uid: str) -> None: ...
     def list(self, caller: Caller, ref: WorkflowRef) -> builtins.list[str]: ...
@@ -107,12 +108,17 @@ class DataMoverService(DataMoverBase):
         caller = _caller(stream)
         wait = 0.0 if req.maxWaitTime == 0 else (None if req.maxWaitTime < 0 else float(req.maxWaitTime))
         try:
-            status = await self._call(self.book.status, caller, _ref(req), req.uid, 0.0)
-            if wait != 0 and not status.finished:
-                with self._wait_slot(caller) as allowed:
-                    status = await self._wait(
-                        self.book.status, caller, _ref(req), req.uid, wait if allowed else 0
-                    )
+            if wait == 0:
+                status = await self._call(self.book.status, caller, _ref(req), req.uid, 0.0)
+            else:
+                done = await self._call(self.book.status_if_finished, caller, _ref(req), req.uid)
+                if done is not None:  # no waiting thread for a request that is already over
+                    status = done
+                else:
+                    with self._wait_slot(caller) as allowed:
+                        status = await self._wait(
+                            self.book.status, caller, _ref(req), req.uid, wait if allowed else 0
+                        )
         except Refused as r:
             reply = _refused_status(r)
         else:

@@ -46,6 +46,10 @@ class SimulatedBook:
             )
         return JobStatus(state="completed", status="success", message=f"Request {key} completed successfully")
 
+    def status_if_finished(self, caller: Caller, ref: WorkflowRef, uid: str) -> JobStatus | None:
+        self._key(caller, uid)
+        return None  # every Status counts in the simulated sequence, waiting or not
+
     def cancel(self, caller: Caller, ref: WorkflowRef, uid: str) -> None:
         self._key(caller, uid)
 
