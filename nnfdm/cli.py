@@ -57,35 +57,76 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("command", nargs="?", choices=COMMANDS, metavar="COMMAND", help="see below")
-    p.add_argument("--socket", default=DEFAULT_SOCKET, help="listening socket (default %(default)s)")
+    p.add_argument(
+        "--socket", metavar="PATH", default=DEFAULT_SOCKET, help="listening socket (default %(default)s)"
+    )
     p.add_argument("--simulated", action="store_true", help="answer as upstream's simulator; move no data")
-    p.add_argument("--node-name", default=env("NODE_NAME", ""), help="this host's name ($NODE_NAME)")
-    p.add_argument("--nnf-node-name", default=env("NNF_NODE_NAME", ""), help="the Rabbit ($NNF_NODE_NAME)")
+    p.add_argument(
+        "--node-name", metavar="NAME", default=env("NODE_NAME", ""), help="this host's name ($NODE_NAME)"
+    )
+    p.add_argument(
+        "--nnf-node-name",
+        metavar="NAME",
+        default=env("NNF_NODE_NAME", ""),
+        help="the Rabbit ($NNF_NODE_NAME)",
+    )
     ignored = "accepted for upstream compatibility; ignored"
-    p.add_argument("--kubernetes-service-host", default=env("KUBERNETES_SERVICE_HOST", ""), help=ignored)
-    p.add_argument("--kubernetes-service-port", default=env("KUBERNETES_SERVICE_PORT", ""), help=ignored)
+    p.add_argument(
+        "--kubernetes-service-host", metavar="HOST", default=env("KUBERNETES_SERVICE_HOST", ""), help=ignored
+    )
+    p.add_argument(
+        "--kubernetes-service-port", metavar="PORT", default=env("KUBERNETES_SERVICE_PORT", ""), help=ignored
+    )
     p.add_argument(
         "--nnf-data-movement-service-token-file",
+        metavar="PATH",
         default=env("NNF_DATA_MOVEMENT_SERVICE_TOKEN_FILE", ""),
         help=ignored,
     )
     p.add_argument(
         "--nnf-data-movement-service-cert-file",
+        metavar="PATH",
         default=env("NNF_DATA_MOVEMENT_SERVICE_CERT_FILE", ""),
         help=ignored,
     )
-    p.add_argument("--config", help="dwsbridge configuration file (default $DWSBRIDGE_CONFIG)")
-    p.add_argument("--copy-offload-cert", help="kubernetes backend: CA certificate of copy-offload servers")
-    p.add_argument("--max-running", type=int, default=4, help="copies running at once per workflow")
     p.add_argument(
-        "--max-requests-per-user", type=int, default=256, help="requests a user may hold (create - delete)"
+        "--config", metavar="FILE", help="dwsbridge configuration file (default $DWSBRIDGE_CONFIG)"
     )
-    p.add_argument("--sweep-interval", type=float, default=1.0, help="seconds between workflow-end checks")
-    p.add_argument("--ready-file", help="write the daemon's pid here once it serves (for scripts)")
-    p.add_argument("--log-level", default=env("NNF_DM_LOG_LEVEL", "INFO"), help="default %(default)s")
+    p.add_argument(
+        "--copy-offload-cert",
+        metavar="FILE",
+        help="kubernetes backend: CA certificate of copy-offload servers",
+    )
+    p.add_argument(
+        "--max-running", metavar="N", type=int, default=4, help="copies running at once per workflow"
+    )
+    p.add_argument(
+        "--max-requests-per-user",
+        metavar="N",
+        type=int,
+        default=256,
+        help="requests a user may hold (create - delete)",
+    )
+    p.add_argument(
+        "--sweep-interval",
+        metavar="SECS",
+        type=float,
+        default=1.0,
+        help="seconds between workflow-end checks",
+    )
+    p.add_argument(
+        "--ready-file", metavar="FILE", help="write the daemon's pid here once it serves (for scripts)"
+    )
+    p.add_argument(
+        "--log-level", metavar="LEVEL", default=env("NNF_DM_LOG_LEVEL", "INFO"), help="default %(default)s"
+    )
     unit = p.add_argument_group("install/remove")
-    unit.add_argument("--root", default="/", help="install the unit under this directory (no systemctl)")
-    unit.add_argument("--prefix", help="install: the directory holding bin/nnf-dm (default: this one)")
+    unit.add_argument(
+        "--root", metavar="DIR", default="/", help="install the unit under this directory (no systemctl)"
+    )
+    unit.add_argument(
+        "--prefix", metavar="DIR", help="install: the directory holding bin/nnf-dm (default: this one)"
+    )
     unit.add_argument("--force", action="store_true", help="install: replace an existing unit")
     return p
 
