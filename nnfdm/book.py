@@ -24,8 +24,10 @@ from nnfdm.model import (
     Refused,
     WorkflowRef,
     WorkflowView,
+    check_create_args,
     not_found,
     parse_request_uid,
+    too_many,
 )
 from nnfdm.peercred import Caller
 
@@ -86,24 +88,12 @@ class RequestBook:
         workflow = self._workflow_for(caller, ref, must_exist=Refused.FAILED)
         if not workflow.running:
             raise Refused(Refused.FAILED, WRONG_STATE)
-        if not args.source:
-            raise Refused(Refused.INVALID, "source path must be supplied")
-        if not args.destination:
-            raise Refused(Refused.INVALID, "destination path must be supplied")
-        for name, value in (("slots", args.slots), ("maxSlots", args.max_slots)):
-            if value < -1:
-                raise Refused(
-                    Refused.INVALID,
-                    f"{name} must be -1 (defer to profile), 0 (disable), or a positive integer",
-                )
+        check_create_args(args)
         ref = WorkflowRef(workflow.name, workflow.namespace)
         with self._lock:
             mine = sum(1 for e in self._entries.values() if e.owner == caller.uid)
             if mine >= self._max_active_per_user:
-                raise Refused(
-                    Refused.FAILED,
-                    f"too many requests ({mine}): delete finished requests before creating more",
-                )
+                raise too_many(mine)
         request = str(uuid.uuid4())
         handle = self.engine.start(workflow, caller, args, request)
         with self._lock:

@@ -77,7 +77,7 @@ def build_book(config: Config, options: DaemonOptions) -> tuple[Book, object | N
     if options.simulated:
         from nnfdm.simulated import SimulatedBook
 
-        return SimulatedBook(), None
+        return SimulatedBook(max_per_user=options.max_requests_per_user), None
     from nnfdm.book import RequestBook
     from nnfdm.workflows import WorkflowReader
 

@@ -71,6 +71,29 @@ class Refused(Exception):
 
 
 WRONG_STATE = "Workflow must be in 'PreRun' state and 'Completed' status"
+PATH_MAX = 4096  # Linux's: a longer path names nothing, and would only bloat the logs
+
+
+def check_create_args(args: CreateArgs) -> None:
+    """The checks every mode makes before accepting a request (INVALID with what to fix)."""
+    if not args.source:
+        raise Refused(Refused.INVALID, "source path must be supplied")
+    if not args.destination:
+        raise Refused(Refused.INVALID, "destination path must be supplied")
+    for name, path in (("source", args.source), ("destination", args.destination)):
+        if len(path.encode("utf-8", "surrogateescape")) > PATH_MAX:
+            raise Refused(Refused.INVALID, f"{name} path is longer than {PATH_MAX} bytes")
+    for name, value in (("slots", args.slots), ("maxSlots", args.max_slots)):
+        if value < -1:
+            raise Refused(
+                Refused.INVALID, f"{name} must be -1 (defer to profile), 0 (disable), or a positive integer"
+            )
+
+
+def too_many(count: int) -> Refused:
+    return Refused(
+        Refused.FAILED, f"too many requests ({count}): delete finished requests before creating more"
+    )
 
 
 def parse_request_uid(text: str) -> str:
@@ -86,12 +109,15 @@ def not_found(uid: str) -> Refused:
 
 
 __all__ = [
+    "PATH_MAX",
     "WRONG_STATE",
     "CreateArgs",
     "JobStatus",
     "Refused",
     "WorkflowRef",
     "WorkflowView",
+    "check_create_args",
     "not_found",
     "parse_request_uid",
+    "too_many",
 ]

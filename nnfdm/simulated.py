@@ -12,18 +12,31 @@ import threading
 import uuid
 
 from copyoffload.client import CommandStatus, JobStatus
-from nnfdm.model import CreateArgs, Refused, WorkflowRef, not_found, parse_request_uid
+from nnfdm.model import (
+    CreateArgs,
+    Refused,
+    WorkflowRef,
+    check_create_args,
+    not_found,
+    parse_request_uid,
+    too_many,
+)
 from nnfdm.peercred import Caller
 
 
 class SimulatedBook:
-    def __init__(self) -> None:
+    def __init__(self, *, max_per_user: int = 256) -> None:
+        self._max_per_user = max_per_user
         self._lock = threading.Lock()
         self._requests: dict[str, tuple[int, WorkflowRef, CreateArgs, bool]] = {}
 
     def create(self, caller: Caller, ref: WorkflowRef, args: CreateArgs) -> str:
+        check_create_args(args)
         uid = str(uuid.uuid4())
         with self._lock:
+            mine = sum(1 for owner, *_rest in self._requests.values() if owner == caller.uid)
+            if mine >= self._max_per_user:
+                raise too_many(mine)
             self._requests[uid] = (caller.uid, ref, args, False)
         return uid
 

@@ -255,19 +255,21 @@ def test_bad_requests_are_refused_with_what_to_fix(env: Env) -> None:
                 {"rpc": "Create", "args": {"source": "$DW_JOB_other/x", "destination": "/tmp/x"}},
                 {"rpc": "Create", "args": {"source": "relative/x", "destination": "/tmp/x"}},
                 {"rpc": "Create", "args": {"source": "/etc/hostname", "destination": "/tmp/x", "slots": -2}},
+                {"rpc": "Create", "args": {"source": "/" + "a" * 5000, "destination": "/tmp/x"}},
                 {"rpc": "Create", "args": {"source": "$DW_JOB_scratch/missing", "destination": "/tmp/x"}},
                 {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": -1}},
             ],
         )
-        assert [r["status"] for r in replies[:5]] == ["INVALID"] * 5
+        assert [r["status"] for r in replies[:6]] == ["INVALID"] * 6
         assert "unknown data movement profile 'nope' (known: slow)" in replies[0]["message"]
         assert replies[1]["message"] == "source path must be supplied"
         assert "$DW_JOB_other names no storage of this job" in replies[2]["message"]
         assert "a global path must be absolute" in replies[3]["message"]
         assert replies[4]["message"].startswith("slots must be -1")
-        assert replies[5]["status"] == "SUCCESS"
-        assert (replies[6]["state"], replies[6]["status"]) == ("COMPLETED", "FAILED")
-        assert "No such file or directory" in replies[6]["message"]
+        assert replies[5]["message"] == "source path is longer than 4096 bytes"
+        assert replies[6]["status"] == "SUCCESS"
+        assert (replies[7]["state"], replies[7]["status"]) == ("COMPLETED", "FAILED")
+        assert "No such file or directory" in replies[7]["message"]
     finally:
         env.lifecycle().teardown(name)
 

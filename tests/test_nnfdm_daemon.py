@@ -25,7 +25,9 @@ from tests.nnfdm_support import REPO, Daemon, calls_as, generate_stubs, running_
 def simulated() -> Iterator[Daemon]:
     base = Path(tempfile.mkdtemp(prefix="dwsbt-nnfdm-sim-", dir="/tmp"))
     os.chmod(base, 0o755)
-    with running_daemon(base, generate_stubs(base / "stubs"), extra=("--simulated",)) as daemon:
+    with running_daemon(
+        base, generate_stubs(base / "stubs"), extra=("--simulated", "--max-requests-per-user", "20")
+    ) as daemon:
         yield daemon
 
 
@@ -73,6 +75,17 @@ def test_simulated_mode_answers_as_upstreams_simulator(simulated: Daemon) -> Non
     assert delete2["status"] == "NOT_FOUND"
     (delete,) = calls_as(user1, simulated, [{"rpc": "Delete", "args": {"uid": uid}}], workflow="w")
     assert delete["status"] == "SUCCESS"
+
+
+@needs_root
+def test_simulated_mode_bounds_each_users_requests(simulated: Daemon) -> None:
+    hog = ensure_user("dwsbt-user2")
+    create = {"rpc": "Create", "args": {"source": "/a", "destination": "/b"}}
+    replies = calls_as(hog, simulated, [create] * 21, workflow="w")
+    assert [r["status"] for r in replies] == ["SUCCESS"] * 20 + ["FAILED"]
+    assert "too many requests (20)" in replies[-1]["message"]
+    (bad,) = calls_as(hog, simulated, [{"rpc": "Create", "args": {"source": "/a"}}], workflow="w")
+    assert (bad["status"], bad["message"]) == ("INVALID", "destination path must be supplied")
 
 
 def test_socket_is_made_0766_and_a_live_daemons_socket_is_never_replaced(tmp_path: Path) -> None:
