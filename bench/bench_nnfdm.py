@@ -129,7 +129,20 @@ def run(mode: str, clients: int, total: int, env: dict[str, str], base: Path) ->
     )
 
 
-def measure(requests: int) -> list[Row]:
+def median_row(runs: list[Row]) -> Row:
+    """Each figure's median over the runs (the machine is shared: single runs vary)."""
+    first = runs[0]
+    return Row(
+        first.transport,
+        first.clients,
+        first.round_trips,
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        statistics.median(r.per_second for r in runs),
+    )
+
+
+def measure(requests: int, repeats: int) -> list[Row]:
     from dwsbridge.backends.local.backend import LocalBackend
     from dwsbridge.config import Config
     from dwsbridge.lifecycle import Lifecycle
@@ -171,9 +184,11 @@ def measure(requests: int) -> list[Row]:
         rows = []
         for clients, total in ((1, 200), (16, requests)):
             for mode in ("grpc", "http"):
-                row = run(mode, clients, total, env, base)
-                print(row, flush=True)
-                rows.append(row)
+                runs = []
+                for _ in range(repeats):  # alternating would be fairer; the runs are long enough
+                    runs.append(run(mode, clients, total, env, base))
+                    print(runs[-1], flush=True)
+                rows.append(median_row(runs))
         return rows
     finally:
         if daemon is not None:
@@ -183,7 +198,7 @@ def measure(requests: int) -> list[Row]:
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def markdown(rows: list[Row], requests: int) -> str:
+def markdown(rows: list[Row], requests: int, repeats: int, load: float) -> str:
     lines = [
         SECTION,
         "",
@@ -192,9 +207,11 @@ def markdown(rows: list[Row], requests: int) -> str:
         "grpclib on asyncio, caller from SO_PEERCRED, checked against the workflow in the local store on",
         "every call), and POST /trial + GET /status?maxWaitSecs=-1 for the workflow's copy-offload server",
         "(`copyoffload.client`, keep-alive TLS 1.3, bearer token). Both run each request as a JobTable job.",
-        f"Command: `.venv/bin/python -m bench.bench_nnfdm --requests {requests}` (as root),",
-        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores, Python {platform.python_version()};",
-        "servers and clients share the cores. requests/s: round trips over the wall time of all clients",
+        f"Command: `.venv/bin/python -m bench.bench_nnfdm --requests {requests} --repeats {repeats}`",
+        f"(as root; each figure the median of {repeats} runs),",
+        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores (1-minute load {load:.1f} at the start: the",
+        f"machine is shared), Python {platform.python_version()}; servers and clients share the cores.",
+        "Round trips/s: over the wall time of all clients",
         f"(16 clients: the throughput of {requests} dry-run requests).",
         "",
         "| transport | clients | round trips | median ms | p99 ms | round trips/s |",
@@ -222,12 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=1000, help="round trips over 16 clients")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row; each figure's median")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     opts = parser.parse_args(args)
     if os.geteuid() != 0:
         sys.exit("bench: run as root (the clients run as an ordinary user)")
-    rows = measure(opts.requests)
-    text = markdown(rows, opts.requests)
+    load = os.getloadavg()[0]
+    rows = measure(opts.requests, max(1, opts.repeats))
+    text = markdown(rows, opts.requests, max(1, opts.repeats), load)
     print(text)
     if not opts.no_write:
         write_section(ROOT / "BENCHMARKS.md", text)

@@ -32,7 +32,10 @@ def commands(quick: bool, write: bool) -> dict[str, list[str]]:
             *([] if write else ["--no-write"]),
         ],
         "bench_kubernetes": [*(["--repeat", "3"] if quick else []), *([] if write else ["--no-write"])],
-        "bench_nnfdm": [*(["--requests", "200"] if quick else []), *([] if write else ["--no-write"])],
+        "bench_nnfdm": [
+            *(["--requests", "200", "--repeats", "1"] if quick else []),
+            *([] if write else ["--no-write"]),
+        ],
     }
 
 
