@@ -2,7 +2,8 @@
 
 Used by tests as an ordinary user. Prints a JSON list: each response as a dict (enum values by name,
 every field present), or ``{"grpc_error": CODE, "details": ...}``. ``"$uid"`` in an argument is
-replaced by the uid of the most recent Create.
+replaced by the uid of the most recent Create. ``"until_progress": N`` repeats a Status up to N
+times until the copy reports progress.
 """
 
 import json
@@ -46,6 +47,10 @@ def main() -> None:
                     results.append({"replies": [f.result() for f in futures]})
                 continue
             body = one(stub, call, workflow, last_uid)
+            for _ in range(call.get("until_progress", 0)):  # bounded: a loaded machine starts copies late
+                if body.get("commandStatus", {}).get("progress", 0) > 0 or body.get("state") == "COMPLETED":
+                    break
+                body = one(stub, call, workflow, last_uid)
             if rpc == "Create" and body.get("uid"):
                 last_uid = body["uid"]
             results.append(body)

@@ -361,7 +361,7 @@ def test_running_copy_waits_shows_progress_refuses_delete_and_cancels_cleanly(en
             name,
             [
                 {"rpc": "Create", "args": copy},
-                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": 2}},
+                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": 1}, "until_progress": 30},
                 {"rpc": "Create", "args": {**copy, "destination": f"{dest}/big2"}},
                 {"rpc": "Status", "args": {"uid": "$uid"}},
                 {"rpc": "Delete", "args": {"uid": "$uid"}},
@@ -406,10 +406,10 @@ def test_hurry_teardown_kills_running_copies_and_the_requests_are_gone(env: Env)
                     "rpc": "Create",
                     "args": {"source": "$DW_JOB_scratch/big", "destination": f"{dest}/", "profile": "slow"},
                 },
-                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": 1}},
+                {"rpc": "Status", "args": {"uid": "$uid", "maxWaitTime": 1}, "until_progress": 30},
             ],
         )
-        assert running["state"] == "RUNNING"
+        assert running["state"] == "RUNNING" and running["commandStatus"]["progress"] > 0
         store = LocalBackend(env.config).store
         (record,) = store.processes(name, "copy")
         env.lifecycle().teardown(name, hurry=True)
