@@ -13,6 +13,7 @@ import builtins
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -81,6 +82,7 @@ class RequestBook:
         self._max_active_per_user = max_active_per_user
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
+        self._held: Counter[int] = Counter()  # requests per owner, reserved before they start
         self._by_workflow: dict[WorkflowRef, set[str]] = {}
 
     # --- the calls ------------------------------------------------------------------------------
@@ -91,11 +93,17 @@ class RequestBook:
         check_create_args(args)
         ref = WorkflowRef(workflow.name, workflow.namespace)
         with self._lock:
-            mine = sum(1 for e in self._entries.values() if e.owner == caller.uid)
+            mine = self._held[caller.uid]
             if mine >= self._max_active_per_user:
                 raise too_many(mine)
+            self._held[caller.uid] += 1  # reserved now: concurrent Creates cannot pass the cap together
         request = str(uuid.uuid4())
-        handle = self.engine.start(workflow, caller, args, request)
+        try:
+            handle = self.engine.start(workflow, caller, args, request)
+        except BaseException:
+            with self._lock:
+                self._held[caller.uid] -= 1
+            raise
         with self._lock:
             self._entries[request] = Entry(request, ref, caller.uid, handle, args.store_stdout)
             self._by_workflow.setdefault(ref, set()).add(request)
@@ -136,7 +144,8 @@ class RequestBook:
         if not self.engine.status(entry.handle, 0).finished:
             raise Refused(Refused.ACTIVE, f"Request {entry.uid} is still active: cancel it or wait for it")
         with self._lock:
-            self._entries.pop(entry.uid, None)
+            if self._entries.pop(entry.uid, None) is not None:
+                self._held[entry.owner] -= 1
             self._by_workflow.get(entry.workflow, set()).discard(entry.uid)
 
     def list(self, caller: Caller, ref: WorkflowRef) -> builtins.list[str]:
@@ -163,6 +172,8 @@ class RequestBook:
         with self._lock:
             uids = self._by_workflow.pop(ref, set())
             entries = [self._entries.pop(u) for u in uids if u in self._entries]
+            for entry in entries:
+                self._held[entry.owner] -= 1
         if entries:
             log.info("workflow=%s ended: %d requests cancelled and forgotten", ref.name, len(entries))
         self.engine.release(ref, [e.handle for e in entries])
