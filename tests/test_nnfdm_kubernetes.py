@@ -186,3 +186,20 @@ def test_a_workflow_without_copy_offload_is_refused_with_what_to_add(
         assert "requires=copy-offload" in reply["message"]
     finally:
         lifecycle(standin).teardown(name)
+
+
+def test_an_unreachable_copy_offload_server_fails_the_create_with_the_reason(
+    daemon: Daemon, standin: RunningStandIn
+) -> None:
+    user = ensure_user("dwsbt-user1")
+    name = start_workflow(standin, user.pw_uid, user.pw_gid, CO_JOB)
+    try:
+        closed = str(COPY_OFFLOAD_PORT + 8)  # nobody listens there
+        point_env_at(standin, name, NNF_CONTAINER_LAUNCHER="localhost", NNF_CONTAINER_PORTS=closed)
+        (reply,) = calls_as(
+            user, daemon, [{"rpc": "Create", "args": {"source": "/a", "destination": "/b"}}], workflow=name
+        )
+        assert reply["status"] == "FAILED"
+        assert f"copy-offload server of {name} unreachable" in reply["message"]
+    finally:
+        lifecycle(standin).teardown(name)
