@@ -178,10 +178,6 @@ class RequestBook:
             log.info("workflow=%s ended: %d requests cancelled and forgotten", ref.name, len(entries))
         self.engine.release(ref, [e.handle for e in entries])
 
-    def workflows(self) -> builtins.list[WorkflowRef]:
-        with self._lock:
-            return list(self._by_workflow)
-
     # --- checks ----------------------------------------------------------------------------------
     def _workflow_for(self, caller: Caller, ref: WorkflowRef, *, must_exist: str) -> WorkflowView:
         if not ref.name:
@@ -201,7 +197,7 @@ class RequestBook:
                 workflow.uid,
             )
             raise Refused(
-                Refused.FAILED,
+                Refused.DENIED,
                 f"workflow {ref.name} belongs to another user: nnf-dm serves only your own workflows",
             )
         return workflow

@@ -60,6 +60,7 @@ class Refused(Exception):
     """A call that cannot be served. ``kind`` picks the wire status; the message is for the user."""
 
     FAILED = "failed"
+    DENIED = "denied"  # not the caller's workflow: FAILED on the wire where the enum has it
     INVALID = "invalid"
     NOT_FOUND = "not_found"
     ACTIVE = "active"

@@ -96,8 +96,10 @@ class DataMoverService(DataMoverBase):
         try:
             uid = await self._call(self.book.create, caller, _ref(req), args)
         except Refused as r:
-            kind = pb.DataMovementCreateResponse.INVALID if r.kind == Refused.INVALID else None
-            status = kind if kind is not None else pb.DataMovementCreateResponse.FAILED
+            invalid = r.kind == Refused.INVALID
+            status = (
+                pb.DataMovementCreateResponse.INVALID if invalid else pb.DataMovementCreateResponse.FAILED
+            )
             reply = pb.DataMovementCreateResponse(status=status, message=r.message)
         else:
             reply = pb.DataMovementCreateResponse(uid=uid, status=pb.DataMovementCreateResponse.SUCCESS)
@@ -133,6 +135,7 @@ class DataMoverService(DataMoverBase):
             Refused.ACTIVE: pb.DataMovementDeleteResponse.ACTIVE,
             Refused.INVALID: pb.DataMovementDeleteResponse.INVALID,
             Refused.FAILED: pb.DataMovementDeleteResponse.INVALID,  # the enum has no FAILED
+            Refused.DENIED: pb.DataMovementDeleteResponse.INVALID,
         }
         try:
             await self._call(self.book.delete, caller, _ref(req), req.uid)
@@ -150,8 +153,12 @@ class DataMoverService(DataMoverBase):
         except Refused as r:
             if r.kind == Refused.NOT_FOUND:
                 uids = []
-            else:
-                raise GRPCError(GrpcStatus.PERMISSION_DENIED, r.message) from None
+            else:  # the reply has no status field: the reason travels as the gRPC status
+                codes = {
+                    Refused.DENIED: GrpcStatus.PERMISSION_DENIED,
+                    Refused.INVALID: GrpcStatus.INVALID_ARGUMENT,
+                }
+                raise GRPCError(codes.get(r.kind, GrpcStatus.UNAVAILABLE), r.message) from None
         await stream.send_message(pb.DataMovementListResponse(uids=uids))
 
     async def Cancel(self, stream: Any) -> None:
@@ -161,6 +168,7 @@ class DataMoverService(DataMoverBase):
             Refused.NOT_FOUND: pb.DataMovementCancelResponse.NOT_FOUND,
             Refused.INVALID: pb.DataMovementCancelResponse.INVALID,
             Refused.FAILED: pb.DataMovementCancelResponse.FAILED,
+            Refused.DENIED: pb.DataMovementCancelResponse.FAILED,
             Refused.ACTIVE: pb.DataMovementCancelResponse.FAILED,
         }
         try:
@@ -231,6 +239,7 @@ def _refused_status(r: Refused) -> pb.DataMovementStatusResponse:
         Refused.NOT_FOUND: pb.DataMovementStatusResponse.NOT_FOUND,
         Refused.INVALID: pb.DataMovementStatusResponse.INVALID,
         Refused.FAILED: pb.DataMovementStatusResponse.FAILED,
+        Refused.DENIED: pb.DataMovementStatusResponse.FAILED,
         Refused.ACTIVE: pb.DataMovementStatusResponse.FAILED,
     }
     return pb.DataMovementStatusResponse(

@@ -155,6 +155,9 @@ def test_create_before_prerun_is_refused_with_upstreams_message(env: Env) -> Non
         )
         assert missing["status"] == "FAILED"
         assert "workflow bb999999999 not found in namespace default" in missing["message"]
+        (nameless,) = env.calls(env.user1, "", [{"rpc": "List"}])
+        assert nameless["grpc_error"] == "INVALID_ARGUMENT"
+        assert "workflow name must be supplied" in nameless["details"]
         (odd,) = env.calls(
             env.user1, "../../etc", [{"rpc": "Create", "args": {"source": "/a", "destination": "/b"}}]
         )
