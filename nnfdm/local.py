@@ -87,7 +87,7 @@ class LocalEngine:
 
     def status(self, handle: LocalHandle, max_wait: float | None) -> JobStatus:
         wire = handle.table.status(handle.job, max_wait)
-        if wire is None:  # evicted from the table: the book forgot it first, so this is a race at most
+        if wire is None:  # evicted: the table keeps its latest 1,000 finished requests
             return JobStatus(state="completed", status="unknown status", message="request forgotten")
         return JobStatus.from_wire(wire)
 
