@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -25,10 +26,13 @@ from tests.nnfdm_support import REPO, Daemon, calls_as, generate_stubs, running_
 def simulated() -> Iterator[Daemon]:
     base = Path(tempfile.mkdtemp(prefix="dwsbt-nnfdm-sim-", dir="/tmp"))
     os.chmod(base, 0o755)
-    with running_daemon(
-        base, generate_stubs(base / "stubs"), extra=("--simulated", "--max-requests-per-user", "20")
-    ) as daemon:
-        yield daemon
+    try:
+        with running_daemon(
+            base, generate_stubs(base / "stubs"), extra=("--simulated", "--max-requests-per-user", "20")
+        ) as daemon:
+            yield daemon
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @needs_root
@@ -131,7 +135,7 @@ def test_another_user_cannot_squat_the_socket_path(tmp_path: Path) -> None:
     finally:
         squatter.kill()
         squatter.wait()
-        subprocess.run(["rm", "-rf", str(shared)], check=False)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_version_prints_version_and_api_versions(capsys: pytest.CaptureFixture[str]) -> None:
