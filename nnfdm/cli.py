@@ -108,6 +108,13 @@ def parser() -> argparse.ArgumentParser:
         help="requests a user may hold (create - delete)",
     )
     p.add_argument(
+        "--max-waits-per-user",
+        metavar="N",
+        type=int,
+        default=64,
+        help="Status calls of one user waiting at once (more are answered at once)",
+    )
+    p.add_argument(
         "--sweep-interval",
         metavar="SECS",
         type=float,
@@ -203,6 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
         ready_file=args.ready_file,
         copy_offload_cert=args.copy_offload_cert,
         max_requests_per_user=max(1, args.max_requests_per_user),
+        max_waits_per_user=max(0, args.max_waits_per_user),
     )
     try:
         asyncio.run(serve(config, options, version()))

@@ -39,6 +39,7 @@ class DaemonOptions:
     ready_file: str | None = None
     copy_offload_cert: str | None = None
     max_requests_per_user: int = 256
+    max_waits_per_user: int = 64
 
 
 def listen_unix(path: str, mode: int = 0o766) -> socket.socket:
@@ -103,7 +104,7 @@ async def serve(config: Config, options: DaemonOptions, version: str) -> None:
     from grpclib.server import Server
 
     book, engine = build_book(config, options)
-    service = DataMoverService(book, version=version)
+    service = DataMoverService(book, version=version, max_waits_per_user=options.max_waits_per_user)
     sock = listen_unix(options.socket)
     server = Server([service])
     await server.start(sock=sock)
