@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,12 +47,59 @@ def generate_stubs(out: Path) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class ClientPython:
+    """How an ordinary user runs Python with grpcio: the venv's interpreter where the user can use
+    it, else Debian's with a world-readable copy of grpcio, protobuf and nnfdm (a CI clone may live
+    where other users cannot read)."""
+
+    python: str
+    path: tuple[str, ...]
+
+    def env(self, *extra: str | Path) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([*map(str, extra), *self.path])}
+
+
+def client_python(workdir: Path) -> ClientPython:
+    user = pwd.getpwnam("dwsbt-user1")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import grpc, google.protobuf, nnfdm.client"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode == 0 and not os.environ.get("DWSB_NNFDM_COPY_CLIENT"):
+        return ClientPython(sys.executable, (str(REPO),))
+    import importlib
+
+    lib = workdir / "lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    for name in ("grpc", "google.protobuf", "typing_extensions", "nnfdm"):
+        origin = Path(str(importlib.import_module(name).__file__)).resolve()
+        top = origin.parent if origin.name == "__init__.py" else origin
+        if name == "google.protobuf":
+            top = top.parent  # the google namespace (protobuf and _upb)
+        if top.is_dir():
+            shutil.copytree(
+                top, lib / top.name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+            )
+        else:
+            shutil.copy2(top, lib / top.name)
+    subprocess.run(["chmod", "-R", "a+rX", str(workdir)], check=True)
+    return ClientPython("/usr/bin/python3", (str(lib),))
+
+
 @dataclass
 class Daemon:
     socket: str
     proc: subprocess.Popen[bytes]
     log: Path
     stubs: Path
+    client: ClientPython
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -78,7 +126,7 @@ def running_daemon(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nnf-dm did not start: {log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
-        yield Daemon(str(sock), proc, log, stubs)
+        yield Daemon(str(sock), proc, log, stubs, client_python(workdir))
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -99,14 +147,13 @@ def start_calls_as(
 ) -> subprocess.Popen[bytes]:
     """``calls`` as ``user`` in a process of their own, running in the background."""
     env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(daemon.stubs),
+        **daemon.client.env(daemon.stubs),
         "DW_WORKFLOW_NAME": workflow,
         "DW_WORKFLOW_NAMESPACE": namespace,
         "NNF_DM_SOCKET": daemon.socket,
     }
     proc = subprocess.Popen(
-        [sys.executable, str(CALLS)],
+        [daemon.client.python, str(CALLS)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

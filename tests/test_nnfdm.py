@@ -7,7 +7,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -557,10 +556,9 @@ if __name__ == '__main__':
     job_env = env.lifecycle().environment(name)
     try:
         done = subprocess.run(
-            [sys.executable, str(script)],
+            [env.daemon.client.python, str(script)],
             env={
-                "PATH": "/usr/bin:/bin",
-                "PYTHONPATH": str(env.daemon.stubs),
+                **env.daemon.client.env(env.daemon.stubs),
                 "DW_WORKFLOW_NAME": name,
                 "DW_WORKFLOW_NAMESPACE": "default",
                 "DW_JOB_scratch": job_env["DW_JOB_scratch"],

@@ -194,15 +194,14 @@ def test_kubernetes_only_flags_are_accepted_and_documented_as_ignored() -> None:
 def test_client_cli_json_and_wait_against_the_simulated_daemon(simulated: Daemon) -> None:
     user = ensure_user("dwsbt-user1")
     env = {
-        "PATH": "/usr/bin:/bin",
+        **simulated.client.env(),
         "NNF_DM_SOCKET": simulated.socket,
         "DW_WORKFLOW_NAME": "w1",
-        "PYTHONPATH": str(REPO),
     }
 
     def client(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "nnfdm.client_cli", *args],
+            [simulated.client.python, "-m", "nnfdm.client_cli", *args],
             env=env,
             user=user.pw_uid,
             group=user.pw_gid,
@@ -226,7 +225,7 @@ def test_client_cli_json_and_wait_against_the_simulated_daemon(simulated: Daemon
     assert client("list", "--json").returncode == 0
     assert uid in json.loads(client("list", "--json").stdout)["uids"]
     nowhere = subprocess.run(
-        [sys.executable, "-m", "nnfdm.client_cli", "--socket", "/nonexistent.sock", "list"],
+        [simulated.client.python, "-m", "nnfdm.client_cli", "--socket", "/nonexistent.sock", "list"],
         env=env,
         capture_output=True,
         text=True,

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.nnfdm_support import REPO, Daemon, generate_stubs, running_daemon
+from tests.nnfdm_support import Daemon, generate_stubs, running_daemon
 from tests.slurm_support import SCRIPT, USER, SlurmCluster, slurm_env, slurm_skip_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
 BASE = Path(os.environ.get("DWSB_NNFDM_SLURM_BASE", "/tmp/dwsb-slurm-nnfdm"))
 JOBDW = "#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws"
-CLIENT = REPO / ".venv" / "bin" / "nnf-dm-client"
 
 if slurm_skip_reason():
     pytest.skip(slurm_skip_reason() or "", allow_module_level=True)
@@ -52,7 +51,8 @@ def cluster() -> Iterator[tuple[SlurmCluster, Daemon]]:
 def test_a_job_copies_out_of_its_storage_through_the_daemon(cluster: tuple[SlurmCluster, Daemon]) -> None:
     slurm, daemon = cluster
     work = slurm.workdir("nnfdm")
-    client = f"{CLIENT} --socket {daemon.socket}"
+    pythonpath = daemon.client.env()["PYTHONPATH"]
+    client = f"PYTHONPATH={pythonpath} {daemon.client.python} -m nnfdm.client_cli --socket {daemon.socket}"
     body = "\n".join(
         [
             'head -c 100000 /dev/urandom > "$DW_JOB_scratch/result.dat"',
