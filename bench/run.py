@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in commands(args.quick, not args.no_write).items():
         if args.only and name not in args.only:
             continue
-        if name in ("bench_slurm", "bench_nnfdm") and os.geteuid() != 0:
+        if name == "bench_slurm" and os.geteuid() != 0:
             print(f"== {name}: skipped (runs the Slurm test cluster: needs root)", flush=True)
+            continue
+        if name == "bench_nnfdm" and os.geteuid() != 0:
+            print(f"== {name}: skipped (runs clients as an ordinary user: needs root)", flush=True)
             continue
         command = [sys.executable, "-m", f"bench.{name}", *extra]
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
