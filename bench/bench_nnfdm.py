@@ -222,8 +222,8 @@ def markdown(rows: list[Row], requests: int, repeats: int, load: float) -> str:
         lines.append(f"| {r.transport} | {r.clients} | {figures} |")
     lines += [
         "",
-        "The gap is the server's HTTP/2: grpclib is pure Python (h2), about 0.8 ms of daemon CPU per",
-        "call even for Version (the simulated daemon, no store), against the copy-offload server's",
+        "The gap is the server's HTTP/2: grpclib is pure Python (h2); one call takes about 0.8 ms end to",
+        "end even for Version (on the simulated daemon, no store), against the copy-offload server's",
         "HTTP/1.1 on a kept-alive TLS connection. We serve with grpclib because grpcio's server gives a",
         "handler no way to reach its connection's socket, so it cannot learn the caller from SO_PEERCRED",
         "(docs/nnf-dm.md). Create also reads the workflow from the store and starts the copy's thread; a",
