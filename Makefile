@@ -12,7 +12,7 @@ FLUX_DEBS := autoconf automake libtool make pkg-config libc6-dev libzmq3-dev uui
   python3-cffi python3-ply python3-setuptools python3-yaml libsodium-dev libmunge-dev jq \
   python3-jwt python3-cryptography
 
-.PHONY: install debs flux test lint typecheck unit demo bench clean
+.PHONY: install debs flux test lint typecheck unit demo bench clean proto
 
 install: debs $(VENV)/.installed flux
 
@@ -58,6 +58,11 @@ demo: install
 
 bench: install
 	$(PY) -m bench.run
+
+# Regenerate nnf-dm's gRPC code after editing nnfdm/api/datamovement.proto (the output is committed).
+proto: install
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+	  --grpc_python_out=. --grpclib_python_out=. nnfdm/api/datamovement.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

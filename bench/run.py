@@ -19,6 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 MARKDOWN = REPO / "BENCHMARKS.md"
 
 
+NEEDS_ROOT = {
+    "bench_slurm": "runs the Slurm test cluster",
+    "bench_flux": "runs a real Flux with a root service",
+    "bench_nnfdm": "runs clients as an ordinary user",
+}
+
+
 def commands(quick: bool, write: bool) -> dict[str, list[str]]:
     """Module name -> its arguments."""
     return {
@@ -36,6 +43,10 @@ def commands(quick: bool, write: bool) -> dict[str, list[str]]:
             *(["--jobs", "50", "--rounds", "1", "--repeats", "3"] if quick else []),
             *([] if write else ["--no-write"]),
         ],
+        "bench_nnfdm": [
+            *(["--requests", "200", "--repeats", "1"] if quick else []),
+            *([] if write else ["--no-write"]),
+        ],
     }
 
 
@@ -49,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in commands(args.quick, not args.no_write).items():
         if args.only and name not in args.only:
             continue
-        if name in ("bench_slurm", "bench_flux") and os.geteuid() != 0:
-            print(
-                f"== {name}: skipped (runs a real Slurm or Flux with a root service: needs root)", flush=True
-            )
+        if name in NEEDS_ROOT and os.geteuid() != 0:
+            print(f"== {name}: skipped ({NEEDS_ROOT[name]}: needs root)", flush=True)
             continue
         command = [sys.executable, "-m", f"bench.{name}", *extra]
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
