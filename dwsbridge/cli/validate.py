@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from dwsbridge.errors import DwsBridgeError
 
 if TYPE_CHECKING:
-    from dwsbridge.directives import Directive, RuleSet
+    from dwsbridge.directives import Directive, Limits, RuleSet
     from dwsbridge.errors import DirectiveError
 
 VALIDATE_DESCRIPTION = """\
@@ -145,30 +145,29 @@ def _read_input(path: str) -> tuple[str, str]:
     return data.decode("utf-8", errors="replace"), path
 
 
-def _settings(args: argparse.Namespace) -> tuple[RuleSet, str, str]:
-    """The ruleset, pool name and namespace: options first, then the config file, then defaults."""
+def _settings(args: argparse.Namespace) -> tuple[RuleSet, str, str, Limits]:
+    """The ruleset, pool name, namespace and limits: options first, then the config file, then
+    defaults."""
+    from dwsbridge.config import load_config
     from dwsbridge.directives import RuleSet
 
+    config = load_config(args.config)
     ruleset_path: str | None = args.ruleset
-    pool: str | None = args.pool
-    namespace: str | None = getattr(args, "namespace", None)
-    if ruleset_path is None or pool is None or (hasattr(args, "namespace") and namespace is None):
-        from dwsbridge.config import load_config
-
-        config = load_config(args.config)
-        if ruleset_path is None and config.ruleset is not None:
-            ruleset_path = str(config.ruleset)
-        pool = pool if pool is not None else config.pool_name
-        namespace = namespace if namespace is not None else config.namespace
-    return RuleSet.load(ruleset_path), pool or "dws", namespace or "default"
+    if ruleset_path is None and config.ruleset is not None:
+        ruleset_path = str(config.ruleset)
+    pool = args.pool if args.pool is not None else config.pool_name
+    namespace = getattr(args, "namespace", None) or config.namespace
+    return RuleSet.load(ruleset_path), pool or "dws", namespace or "default", config.directive_limits
 
 
 def _check(args: argparse.Namespace) -> tuple[str, list[Directive], list[DirectiveError], str]:
     from dwsbridge.directives import check_job, job_directives
 
     text, shown = _read_input(args.script)
-    ruleset, pool, namespace = _settings(args)
-    directives, errors = check_job(job_directives(text, args.wlm), ruleset=ruleset, wlm=args.wlm, pool=pool)
+    ruleset, pool, namespace, limits = _settings(args)
+    directives, errors = check_job(
+        job_directives(text, args.wlm), ruleset=ruleset, wlm=args.wlm, pool=pool, limits=limits
+    )
     return shown, directives, errors, namespace
 
 
@@ -182,6 +181,8 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
+        from dwsbridge.errors import MoreErrors
+
         result = {
             "valid": not errors,
             "directives": [
@@ -190,7 +191,9 @@ def run_validate(args: argparse.Namespace) -> int:
             "errors": [
                 {"line": e.line, "directive": e.directive, "argument": e.argument, "message": str(e)}
                 for e in errors
+                if not isinstance(e, MoreErrors)
             ],
+            "more_errors": sum(e.count for e in errors if isinstance(e, MoreErrors)),
         }
         print(json.dumps(result, indent=2))
         return 1 if errors else 0

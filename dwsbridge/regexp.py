@@ -1,0 +1,81 @@
+"""Regular expressions with Go's semantics (RE2), for the patterns of site DWDirectiveRules.
+
+DWS compiles ruleset patterns with Go's `regexp`, which is RE2: `[[:alpha:]]` is a POSIX class, `\\pL`
+a Unicode class, `(?i)` folds case the Unicode way (`k` matches KELVIN SIGN), `$` matches only at the
+end of the text, and lookaround and backreferences do not exist. Python's `re` differs on each, so rule
+patterns go through google-re2 (the RE2 library itself), which also matches in linear time whatever
+the pattern and the text. `re2` is imported the first time a pattern is compiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PatternError(ValueError):
+    """RE2 cannot compile the pattern (for instance a lookahead, which Go's regexp refuses too)."""
+
+
+class Pattern:
+    """A compiled RE2 pattern; `search` is an unanchored search, as Go's `MatchString`."""
+
+    __slots__ = ("_regexp", "pattern")
+
+    def __init__(self, pattern: str, regexp: Any) -> None:
+        self.pattern = pattern
+        self._regexp = regexp
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.pattern!r})"
+
+    def search(self, text: str) -> bool:
+        """Whether the pattern occurs in `text`. A lone surrogate (JSON can carry one, UTF-8 cannot)
+        is read as U+FFFD, as Go's JSON decoding does."""
+        try:
+            return self._regexp.search(text) is not None
+        except UnicodeEncodeError:
+            fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return self._regexp.search(fixed) is not None
+
+
+_OPTIONS: Any = None
+
+
+def compile_pattern(pattern: str) -> Pattern:
+    """Compile `pattern` as Go's regexp would; raise PatternError with RE2's reason when it cannot."""
+    global _OPTIONS
+    import re2
+
+    if _OPTIONS is None:
+        options = re2.Options()
+        options.log_errors = False  # the reason goes into PatternError, not to slurmctld's stderr
+        _OPTIONS = options
+    if _has_any_byte_escape(pattern):
+        raise PatternError("invalid escape sequence: \\C (Go's regexp has no any-byte escape)")
+    try:
+        return Pattern(pattern, re2.compile(pattern, _OPTIONS))
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise PatternError(str(reason)) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a NUL the binding refuses
+        raise PatternError(str(exc)) from None
+
+
+def _has_any_byte_escape(pattern: str) -> bool:
+    """Whether `pattern` uses `\\C` (any byte), which RE2 accepts and Go's regexp refuses."""
+    index, quoted = 0, False
+    while index < len(pattern) - 1:
+        if pattern[index] == "\\":
+            escaped = pattern[index + 1]
+            if quoted:
+                quoted = escaped != "E"
+            elif escaped == "Q":
+                quoted = True
+            elif escaped == "C":
+                return True
+            index += 2
+        else:
+            index += 1
+    return False
