@@ -34,6 +34,7 @@ def nonzero_capacity(value: str) -> bool:
     match = CAPACITY.fullmatch(value)
     return match is not None and int(value[: match.start(1)]) > 0
 
+
 JOBDW_RULES = {
     "type": lambda v: v in ("raw", "xfs", "gfs2", "lustre"),
     "capacity": lambda v: nonzero_capacity(v),
