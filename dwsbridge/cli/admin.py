@@ -32,8 +32,9 @@ def _lifecycle(args: argparse.Namespace) -> Any:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=("local", "kubernetes"), help="override the configured backend")
-    parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for the kubernetes backend")
+    from dwsbridge.cli import add_global_options
+
+    add_global_options(parser, backend=True)
 
 
 def register(subparsers: Any) -> None:

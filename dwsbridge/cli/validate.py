@@ -116,6 +116,9 @@ def _job_id(text: str) -> str:
 
 
 def _input_options(parser: argparse.ArgumentParser, *, wlm_required: bool) -> None:
+    from dwsbridge.cli import add_global_options
+
+    add_global_options(parser, backend=False)
     parser.add_argument(
         "--ruleset",
         metavar="FILE",
