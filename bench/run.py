@@ -34,6 +34,7 @@ def commands(quick: bool, write: bool) -> dict[str, list[str]]:
             *([] if write else ["--no-write"]),
         ],
         "bench_kubernetes": [*(["--repeat", "3"] if quick else []), *([] if write else ["--no-write"])],
+        "bench_directives": [*(["--runs", "11"] if quick else []), *([] if write else ["--no-write"])],
     }
 
 

@@ -493,6 +493,7 @@ class JobIndex:
     def __init__(self, directives: Sequence[Directive]) -> None:
         self.by_name: dict[tuple[str, str], Directive] = {}
         self.names: dict[str, list[str]] = {}
+        self._known: dict[str, str] = {}
         for d in directives:
             name = d.name
             if name and (d.command, name) not in self.by_name:
@@ -503,12 +504,16 @@ class JobIndex:
         return self.by_name.get((command, name))
 
     def known(self, command: str, shown: int = 5) -> str:
-        """`a, b, c` (at most `shown` of them, and how many in all), or `none`."""
-        names = sorted(self.names.get(command, ()))
-        if not names:
-            return "none"
-        listed = ", ".join(clip(n, 40) for n in names[:shown])
-        return listed if len(names) <= shown else f"{listed}, ... ({len(names)} in all)"
+        """`a, b, c` (the first `shown` in sorted order, and how many in all), or `none`; made once
+        per command, however many messages quote it."""
+        cached = self._known.get(command)
+        if cached is None:
+            names = self.names.get(command, [])
+            first = heapq.nsmallest(shown, names)
+            listed = ", ".join(clip(n, 40) for n in first) or "none"
+            cached = listed if len(names) <= shown else f"{listed}, ... ({len(names)} in all)"
+            self._known[command] = cached
+        return cached
 
 
 def _check_staging(directive: Directive, index: JobIndex) -> Iterator[DirectiveError]:

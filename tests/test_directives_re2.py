@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from dwsbridge.directives import CommandRule, RuleDef, RuleSet, bundled_ruleset, check_job
 from dwsbridge.errors import ConfigError
-from dwsbridge.regexp import PatternError, compile_pattern
+from dwsbridge.regexp import Pattern, PatternError, compile_pattern
 
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GO_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(
@@ -67,8 +67,16 @@ value = st.one_of(field_text, st.from_regex(r"[a-z0-9_-]{0,8}(KiB|GB)?", fullmat
 @given(subset_pattern, st.lists(value, min_size=1, max_size=5))
 def test_re2_and_python_agree_on_the_bundled_rulesets_subset(pattern: str, values: list[str]) -> None:
     before, after = PythonPattern(pattern), compile_pattern(pattern)
+    public = public_api(after)
     for text in values:
-        assert after.search(text) == before.search(text), (pattern, text)
+        assert after.search(text) == before.search(text) == public.search(text), (pattern, text)
+
+
+def public_api(pattern: Pattern) -> Pattern:
+    """The same pattern answered through the binding's public `search` (Pattern's fallback)."""
+    slow = Pattern(pattern.pattern, pattern._regexp)
+    slow._fast = None
+    return slow
 
 
 def bundled_with_python_patterns() -> RuleSet:
@@ -185,6 +193,11 @@ def test_a_pattern_that_backtracks_exponentially_in_python_is_linear_in_re2() ->
 
 def test_a_lone_surrogate_in_a_value_is_read_as_a_replacement_character() -> None:
     assert compile_pattern("^a\ufffd$").search("a\ud800") is True
+    assert public_api(compile_pattern("^a\ufffd$")).search("a\ud800") is True
+
+
+def test_the_fast_path_is_in_use_with_this_binding() -> None:
+    assert compile_pattern("x")._fast is not None
 
 
 def test_pattern_error_carries_re2s_reason() -> None:
