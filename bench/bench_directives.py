@@ -31,14 +31,17 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 MARKDOWN = REPO / "BENCHMARKS.md"
 SECTION = "## Directive validation (job_process)"
 SERIES = (1000, 2000, 4000, 8000, 16000)  # directives: half jobdw, half copy_in, an eighth bad
+CPU = time.process_time
 
 
-def median_ms(fn: Callable[[], object], runs: int) -> float:
+def median_ms(fn: Callable[[], object], runs: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median of `runs` calls, by `clock` (time.process_time for in-process work: the machine is shared,
+    so CPU time is what a job costs, whatever else runs)."""
     times = []
     for _ in range(runs):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times) * 1000
 
 
@@ -179,21 +182,21 @@ def main(argv: list[str] | None = None) -> int:
 
         job_process(hooks, normal)
         job_process(roomy_hooks, normal)
-        normal_ms = median_ms(lambda: job_process(hooks, normal), 201)
-        flood_ms = median_ms(lambda: job_process(hooks, flood), 21)
+        normal_ms = median_ms(lambda: job_process(hooks, normal), 201, CPU)
+        flood_ms = median_ms(lambda: job_process(hooks, flood), 21, CPU)
         rows.append(
-            ("job_process in-process, normal script (4 directives), median of 201", f"{normal_ms:.2f} ms")
+            ("job_process in-process, normal script (4 directives), median of 201", f"{normal_ms:.2f} ms CPU")
         )
         rows.append(
             (
                 "job_process in-process, 1 MB flood (refused: max_directives), median of 21",
-                f"{flood_ms:.1f} ms",
+                f"{flood_ms:.1f} ms CPU",
             )
         )
         series = []
         for count in SERIES:
             script = write(work / f"series{count}.sh", flood_script(count // 2, count // 2, count // 8))
-            ms = median_ms(lambda script=script: job_process(roomy_hooks, script), 7)
+            ms = median_ms(lambda script=script: job_process(roomy_hooks, script), 7, CPU)
             series.append((count, ms, len(job_process(roomy_hooks, script))))
         base = series[0][1] / series[0][0]
         times = " / ".join(f"{ms:.0f}" for _, ms, _ in series)
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             (
                 "job_process in-process, limits raised, 1k/2k/4k/8k/16k directives (1/8 bad), median of 7",
-                f"{times} ms (time per directive: {rates} that at 1k)",
+                f"{times} ms CPU (per directive: {rates} that at 1k)",
             )
         )
         rows.append(("error message for those, bytes", " / ".join(f"{m:,}" for _, _, m in series)))
