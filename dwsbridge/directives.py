@@ -109,7 +109,7 @@ def parse_directive(text: str, line: int = 0) -> Directive:
         raise DirectiveError("empty directive: write '#DW <command> key=value ...'", line=line)
     if tokens[0] != PREFIX:
         if tokens[0].startswith(PREFIX):
-            reason = f"'{tokens[0]}' is not '#DW': put a space between '#DW' and the command"
+            reason = f"'{clip(tokens[0])}' is not '#DW': put a space between '#DW' and the command"
         else:
             reason = "a directive starts with '#DW' followed by a space and a command"
         raise DirectiveError(reason, directive=shown, line=line)
@@ -124,7 +124,7 @@ def parse_directive(text: str, line: int = 0) -> Directive:
         key, sep, value = token.partition("=")
         if key in args:
             raise DirectiveError(
-                f"repeated argument '{key}': give each argument once",
+                f"repeated argument '{clip(key)}': give each argument once",
                 directive=shown,
                 line=line,
                 argument=key,
@@ -544,7 +544,7 @@ def _check_staging(directive: Directive, index: JobIndex) -> Iterator[DirectiveE
             )
         elif kind == "job" and target.get("type") == "raw":
             yield directive.error(
-                f"argument '{arg}' value '{shown}': data movement cannot use raw job storage '{name}' "
+                f"argument '{arg}' value '{shown}': data movement cannot use raw job storage '{clip(name)}' "
                 f"(on {target.where}); use type=xfs, gfs2 or lustre",
                 arg,
             )
@@ -682,7 +682,7 @@ def _slurm_pool_errors(directive: Directive, pool: str) -> list[DirectiveError]:
             reason = f"argument 'pool' needs the burst-buffer pool's name: write pool={pool}"
         else:
             reason = (
-                f"argument 'pool' value '{value}' is not a burst-buffer pool of this cluster: "
+                f"argument 'pool' value '{clip(value or '')}' is not a burst-buffer pool of this cluster: "
                 f"write pool={pool}"
             )
         return [directive.error(reason, "pool")]

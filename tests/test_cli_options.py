@@ -13,7 +13,7 @@ import pytest
 from dwsbridge.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("bench_copyoffload", "bench_directives", "bench_kubernetes", "bench_mover", "bench_slurm", "run")
+BENCHMARKS = [*sorted(p.stem for p in (REPO / "bench").glob("bench_*.py")), "run"]
 POOLED = "#!/bin/bash\n#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws\n"
 
 

@@ -150,6 +150,30 @@ def test_a_huge_value_is_clipped_in_the_message() -> None:
     assert "value 'xxxx" in errors[0].reason and "...' does not match" in errors[0].reason
 
 
+HUGE = "x" * 100_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"#DW{HUGE} a=b",
+        f"#DW jobdw {HUGE}=1 {HUGE}=2",
+        f"#DW {HUGE}",
+        f"#DW jobdw type=xfs capacity=1GiB name=ab {HUGE}=1",
+        f"#DW jobdw type=xfs capacity=1GiB name=ab pool={HUGE}",
+        f"#DW copy_in source=/a destination=$DW_JOB_{HUGE}/x",
+        f"#DW copy_in source={HUGE} destination=/x",
+        f"#DW container name=ab profile=cd DW_JOB_data={HUGE}",
+        f"#DW container name=ab profile=cd DW_GLOBAL_data={HUGE}",
+        f"#DW persistentdw name=ab requires={HUGE}",
+    ],
+)
+def test_no_message_quotes_more_than_a_little_of_a_users_text(text: str) -> None:
+    _, errors = check_job([text], wlm="slurm", limits=Limits(max_directive_bytes=1024 * 1024))
+    assert errors
+    assert all(len(str(e)) < 600 for e in errors), [len(str(e)) for e in errors]
+
+
 def test_a_missing_storage_message_lists_a_few_names_and_how_many() -> None:
     _, errors = check_job(flood_directives(jobdw=50, copy_in=1, bad=1))
     assert errors[0].reason.endswith(
