@@ -9,7 +9,10 @@ the pattern and the text. `re2` is imported the first time a pattern is compiled
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+from dwsbridge.errors import ConfigError
 
 
 class PatternError(ValueError):
@@ -63,7 +66,14 @@ _OPTIONS: Any = None
 def compile_pattern(pattern: str) -> Pattern:
     """Compile `pattern` as Go's regexp would; raise PatternError with RE2's reason when it cannot."""
     global _OPTIONS
-    import re2
+    try:
+        import re2
+    except ImportError as exc:  # a dependency of dwsbridge: the interpreter running it lacks it
+        raise ConfigError(
+            f"rule patterns need google-re2 (Go's regexp semantics), which {sys.executable} cannot "
+            f"import ({exc}): pip install google-re2, or run dwsbridge with the interpreter it was "
+            "installed for"
+        ) from None
 
     if _OPTIONS is None:
         options = re2.Options()

@@ -203,3 +203,18 @@ def test_the_fast_path_is_in_use_with_this_binding() -> None:
 def test_pattern_error_carries_re2s_reason() -> None:
     with pytest.raises(PatternError, match="missing \\)"):
         compile_pattern("(x")
+
+
+def test_without_google_re2_loading_a_ruleset_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_re2(name: str, *args: object, **kwargs: object) -> object:
+        if name == "re2":
+            raise ImportError("No module named 're2'")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_re2)
+    with pytest.raises(ConfigError, match="pip install google-re2"):
+        site_rules("^x$")
