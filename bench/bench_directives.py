@@ -59,6 +59,16 @@ def import_ms(statement: str, module: str, runs: int = 11) -> float:
     return statistics.median(found)
 
 
+def extract(commit: str, into: Path) -> Path:
+    """`dwsbridge/` as it was at `commit` (git archive), for an interleaved comparison."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", commit, "dwsbridge"], cwd=REPO, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text + "\0")  # as Slurm hands scripts to hooks
     return path
@@ -127,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=41, help="runs per hook-process row (default 41)")
     parser.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+    parser.add_argument(
+        "--baseline", metavar="COMMIT", help="also time `validate` with this commit's dwsbridge, interleaved"
+    )
     args = parser.parse_args(argv)
 
     import logging
@@ -147,20 +160,24 @@ def main(argv: list[str] | None = None) -> int:
         flood = write(work / "flood.sh", flood_script())
         rows: list[tuple[str, str]] = []
 
-        # imports and the validate CLI
+        # imports and the validate CLI; with --baseline, interleaved with that commit's code
         cli = import_ms("import dwsbridge.cli, dwsbridge.directives", "dwsbridge.cli")
         directives = import_ms("import dwsbridge.cli, dwsbridge.directives", "dwsbridge.directives")
         re2 = import_ms("import re2", "re2")
         example = str(REPO / "examples" / "slurm-job.sh")
-        env = {"PATH": "/usr/bin:/bin", "DWSBRIDGE_CONFIG": str(config)}
-        validate = median_ms(
-            lambda: subprocess.run(
-                [str(PYTHON), "-m", "dwsbridge", "validate", "--wlm", "slurm", example],
-                env=env,
-                capture_output=True,
-            ),
-            21,
-        )
+
+        def validate(source: Path) -> None:
+            env = {"PATH": "/usr/bin:/bin", "DWSBRIDGE_CONFIG": str(config), "PYTHONPATH": str(source)}
+            argv = [str(PYTHON), "-m", "dwsbridge", "validate", "--wlm", "slurm", example]
+            subprocess.run(argv, env=env, capture_output=True, cwd=work, check=True)
+
+        baseline = extract(args.baseline, work / "baseline") if args.baseline else None
+        ours: list[float] = []
+        theirs: list[float] = []
+        for _ in range(21):
+            ours.append(median_ms(lambda: validate(REPO), 1))
+            if baseline is not None:
+                theirs.append(median_ms(lambda baseline=baseline: validate(baseline), 1))
         rows += [
             ("import `dwsbridge.cli`", f"{cli:.1f} ms"),
             (
@@ -170,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             ("import `re2` (google-re2, when the ruleset is first compiled)", f"{re2:.1f} ms"),
             (
                 "`dwsbridge validate --wlm slurm examples/slurm-job.sh` end to end, median of 21",
-                f"{validate:.0f} ms",
+                f"{statistics.median(ours):.0f} ms"
+                + (
+                    f" (commit {args.baseline}, interleaved: {statistics.median(theirs):.0f} ms)"
+                    if theirs
+                    else ""
+                ),
             ),
         ]
 

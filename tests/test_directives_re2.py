@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from dwsbridge.directives import CommandRule, RuleDef, RuleSet, bundled_ruleset, check_job
 from dwsbridge.errors import ConfigError
-from dwsbridge.regexp import Pattern, PatternError, compile_pattern
+from dwsbridge.regexp import Pattern, PatternError, RE2Pattern, _compile_re2, compile_pattern, plain_subset
 
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GO_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(
@@ -72,11 +72,48 @@ def test_re2_and_python_agree_on_the_bundled_rulesets_subset(pattern: str, value
         assert after.search(text) == before.search(text) == public.search(text), (pattern, text)
 
 
-def public_api(pattern: Pattern) -> Pattern:
-    """The same pattern answered through the binding's public `search` (Pattern's fallback)."""
-    slow = Pattern(pattern.pattern, pattern._regexp)
+def public_api(pattern: Pattern) -> RE2Pattern:
+    """The same pattern compiled by RE2 and answered through the binding's public `search` (the
+    fallback of RE2Pattern's fast path)."""
+    slow = _compile_re2(pattern.pattern)
     slow._fast = None
     return slow
+
+
+# Wider patterns: plain ones and every way of leaving the plain subset (no anchor, two quantifiers,
+# a quantified group, nesting, top-level alternation, other escapes and classes, flags, non-ASCII).
+wide_atom = st.one_of(
+    atom,
+    st.sampled_from(
+        [".", r"\w", r"\s", r"\pL", "[[:alpha:]]", "[^a-z]", "é", "(?i)k", r"\.", "[-x]", "[z-a]"]
+    ),
+)
+wide_piece = st.tuples(wide_atom, st.sampled_from(["", "", "+", "*", "?", "{2}", "+?"])).map("".join)
+wide_group = st.lists(st.lists(wide_piece, min_size=1, max_size=3).map("".join), min_size=1, max_size=3).map(
+    lambda alts: "(" + "|".join(alts) + ")" + ""
+)
+wide_body = st.lists(st.one_of(wide_piece, wide_group, st.just("|")), min_size=1, max_size=4).map("".join)
+wide_pattern = st.tuples(st.sampled_from(["", "^", "^^"]), wide_body, st.sampled_from(["", "$", "$$"])).map(
+    "".join
+)
+any_text = st.one_of(value, st.text(max_size=12), st.sampled_from(["a\n", "\n", "ab\ncd", "K", "\u212a"]))
+
+
+@FAST
+@given(st.one_of(subset_pattern, wide_pattern), st.lists(any_text, min_size=1, max_size=5))
+def test_every_pattern_answers_as_re2_whichever_engine_it_gets(pattern: str, texts: list[str]) -> None:
+    try:
+        reference: RE2Pattern | None = _compile_re2(pattern)
+    except PatternError:
+        reference = None
+    if reference is None:
+        with pytest.raises(PatternError):
+            compile_pattern(pattern)
+        return
+    compiled = compile_pattern(pattern)
+    assert compiled.engine == ("re" if plain_subset(pattern) else "re2")
+    for text in texts:
+        assert compiled.search(text) == reference.search(text), (pattern, text, compiled.engine)
 
 
 def bundled_with_python_patterns() -> RuleSet:
@@ -217,4 +254,35 @@ def test_without_google_re2_loading_a_ruleset_says_what_to_install(monkeypatch: 
 
     monkeypatch.setattr(builtins, "__import__", no_re2)
     with pytest.raises(ConfigError, match="pip install google-re2"):
-        site_rules("^x$")
+        site_rules(r"^\pL$")
+    assert site_rules("^[a-z]+$")  # a plain pattern does not need it
+
+
+def test_the_bundled_ruleset_is_plain_and_never_imports_re2() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dwsbridge.directives import bundled_ruleset, validate_job\n"
+        "rules = bundled_ruleset()\n"
+        "validate_job(['#DW jobdw type=xfs capacity=1GiB name=ab', '#DW container name=cc profile=pp'])\n"
+        "engines = {p.engine for r in rules.rules for d in r.rule_defs\n"
+        "           for p in (d.key_re, *([d.pattern_re] if d.pattern_re else []), *d.patterns)}\n"
+        "print(sorted(engines), 're2' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "['re'] False"
+
+
+def test_a_site_pattern_outside_the_plain_subset_gets_re2() -> None:
+    assert compile_pattern(r"^\pL+$").engine == "re2"
+    assert compile_pattern("^[a-z]+[0-9]+$").engine == "re2"  # two quantifiers: Python could backtrack
+    assert compile_pattern("[a-z]+x").engine == "re2"  # unanchored
+    assert compile_pattern("^(ab)+$").engine == "re2"  # a quantified group
+    assert compile_pattern("^\\d+(KiB|GB)$").engine == "re"
+
+
+def test_a_plain_pattern_with_a_reversed_range_is_refused_with_re2s_reason() -> None:
+    with pytest.raises(PatternError, match="invalid character class range"):
+        compile_pattern("^[z-a]$")
