@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 VALIDATE_DESCRIPTION = """\
 Check every #DW directive of a job the way the job's submission will: the #DW grammar, the site's
 DWDirectiveRule ruleset (the bundled NNF rules unless the config or --ruleset names another), and the
-rules that look at the whole job (copy_in/copy_out paths, one container, create_persistent alone).
-Every problem is reported, not just the first.
+rules NNF applies at Proposal (copy_in/copy_out paths, container storage arguments, non-zero capacity,
+one container, create_persistent alone). Every problem is reported, not just the first, up to the
+config's max_errors (20), then '... and N more'; a job over max_directives (1000) or
+max_directive_bytes (256 KiB) gets one error. Ruleset patterns are Go regular expressions (RE2).
 
 Which lines count (Slurm, and the default): only the script's leading comment block is read, as Slurm
 does. Empty lines are skipped; the first line that does not start with '#' ends the block. Every line
