@@ -59,6 +59,15 @@ def import_ms(statement: str, module: str, runs: int = 11) -> float:
     return statistics.median(found)
 
 
+def spread(ours: list[float], theirs: list[float], baseline: str | None, digits: int) -> str:
+    """`median (fastest)` of our runs, and of the baseline's when there is one."""
+
+    def one(times: list[float]) -> str:
+        return f"{statistics.median(times):.{digits}f} ms (fastest {min(times):.{digits}f})"
+
+    return one(ours) + (f"; commit {baseline}, interleaved: {one(theirs)}" if theirs else "")
+
+
 def extract(commit: str, into: Path) -> Path:
     """`dwsbridge/` as it was at `commit` (git archive), for an interleaved comparison."""
     into.mkdir()
@@ -187,12 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             ("import `re2` (google-re2: only for a site pattern outside the plain subset)", f"{re2:.1f} ms"),
             (
                 "`dwsbridge validate --wlm slurm examples/slurm-job.sh` end to end, median of 21",
-                f"{statistics.median(ours):.0f} ms"
-                + (
-                    f" (commit {args.baseline}, interleaved: {statistics.median(theirs):.0f} ms)"
-                    if theirs
-                    else ""
-                ),
+                spread(ours, theirs, args.baseline, 0),
             ),
         ]
 
@@ -272,12 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "job_process hook process without an agent (`python -m dwsbridge.slurm`), normal script, "
                 "median of 21",
-                f"{statistics.median(ours):.1f} ms wall"
-                + (
-                    f" (commit {args.baseline}, interleaved: {statistics.median(theirs):.1f} ms)"
-                    if theirs
-                    else ""
-                ),
+                spread(ours, theirs, args.baseline, 1) + " wall",
             )
         )
     finally:
