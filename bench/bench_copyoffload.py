@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.markdown import write_section
+from bench.usage import prog
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Copy-offload server"
@@ -158,7 +159,7 @@ http {{
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("bench.bench_copyoffload"), description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The Kubernetes backend, hook by hook, against what the upstream Lua plugin spends on kubectl.
 
 Against the DWS stand-in (testenv/dws-standin, TLS on loopback), measures:
@@ -13,7 +12,7 @@ Against the DWS stand-in (testenv/dws-standin, TLS on loopback), measures:
   5. `kubectl get workflows.dataworkflowservices.github.io <name> -o json` (discovery cache warm), times
      the number of kubectl calls the upstream plugin makes in that hook.
 
-Run: `.venv/bin/python bench/bench_kubernetes.py [--repeat 5] [--no-write]`. Figures go into
+Run: `.venv/bin/python -m bench.bench_kubernetes [--repeat 5] [--no-write]`. Figures go into
 BENCHMARKS.md, section "## Kubernetes backend" (other sections are left alone).
 """
 
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.markdown import write_section
+from bench.usage import prog
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)
@@ -67,7 +67,9 @@ def run(*cmd: str, env: dict[str, str] | None = None, check: bool = True) -> sub
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog("bench.bench_kubernetes"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
@@ -235,7 +237,7 @@ def render(f: dict[str, float], repeat: int) -> str:
     floor = f["python_start"] + f["client_import"]
     return f"""## Kubernetes backend
 
-Command: `.venv/bin/python bench/bench_kubernetes.py --repeat {repeat}` (median of {repeat}; DWS stand-in on
+Command: `.venv/bin/python -m bench.bench_kubernetes --repeat {repeat}` (median of {repeat}; DWS stand-in on
 loopback over TLS, {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores).
 
 Fixed cost of one hook process:

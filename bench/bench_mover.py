@@ -1,4 +1,4 @@
-"""Data mover vs `cp -a` vs `rsync -a`: `python -m bench.bench_mover [--quick] [--write-markdown]`.
+"""Data mover vs `cp -a` vs `rsync -a`: `.venv/bin/python -m bench.bench_mover [--quick] [--write-markdown]`.
 
 Cases: (a) one 1 GiB file of random bytes, (b) 10,000 files of 4 KiB in 100 directories. Every run copies
 into a destination that does not exist yet; destinations are removed when their case is done. They are not
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.markdown import write_section
+from bench.usage import prog
 from copyoffload.mover import CopyOptions, copy_tree
 
 ROOT = Path("/tmp/dwsb-bench")
@@ -144,7 +145,9 @@ def fs_type(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog=prog("bench.bench_mover"), description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--quick", action="store_true", help="256 MiB and 2,000 files, 3 rounds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write-markdown", type=Path, help="update the '## Data mover' section of this file")

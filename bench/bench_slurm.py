@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Slurm benchmarks on the real single-node test cluster (testenv/slurm-cluster), local backend.
 
   1. submit rate: 200 held #DW jobs submitted one after another (sbatch runs slurm_bb_job_process inside
@@ -10,7 +9,7 @@
 The cluster runs the bridge agent (testenv/slurm-cluster starts it); the single-job wall time is also
 measured with the agent stopped (every hook in-process), the figure before the agent existed.
 
-Run as root: `.venv/bin/python bench/bench_slurm.py [--jobs 200] [--no-write]`. Figures go into
+Run as root: `.venv/bin/python -m bench.bench_slurm [--jobs 200] [--no-write]`. Figures go into
 BENCHMARKS.md, section "## Slurm" (other sections are left alone).
 """
 
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 from bench.markdown import write_section
+from bench.usage import prog
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "testenv" / "slurm-cluster"
@@ -176,7 +176,9 @@ class Bench:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog("bench.bench_slurm"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--jobs", type=int, default=200, help="jobs per submit-rate run (default 200)")
     parser.add_argument("--repeats", type=int, default=5, help="single-job wall-time runs (default 5)")
@@ -285,7 +287,8 @@ def main() -> int:
 
 Real single-node Slurm 22.05 (`testenv/slurm-cluster`), local backend, {os.cpu_count()} cores,
 {platform.python_implementation()} {platform.python_version()} from the repository's editable `.venv`.
-Measured by `bench/bench_slurm.py` on {time.strftime("%Y-%m-%d")}; jobs submitted as an ordinary user.
+Measured by `.venv/bin/python -m bench.bench_slurm` on {time.strftime("%Y-%m-%d")};
+jobs submitted as an ordinary user.
 Submit rates: medians of {args.rounds} rounds alternating the two plugins; ratio = median of the
 per-round ratios (the machine is shared with other work).
 

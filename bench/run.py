@@ -1,4 +1,4 @@
-"""Every benchmark in turn (`make bench`): `python -m bench.run [--quick] [--no-write] [--only NAME ...]`.
+"""Every benchmark in turn: `make bench`, or `.venv/bin/python -m bench.run [--quick] [--only NAME]`.
 
 Each module keeps its own command line; this runs them one after another as separate processes (they
 start clusters and servers of their own) and updates their sections of BENCHMARKS.md unless
@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.usage import prog
 
 REPO = Path(__file__).resolve().parent.parent
 MARKDOWN = REPO / "BENCHMARKS.md"
@@ -47,11 +49,14 @@ def commands(quick: bool, write: bool) -> dict[str, list[str]]:
             *(["--requests", "200", "--repeats", "1"] if quick else []),
             *([] if write else ["--no-write"]),
         ],
+        "bench_directives": [*(["--runs", "11"] if quick else []), *([] if write else ["--no-write"])],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog=prog("bench.run"), description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--quick", action="store_true", help="smaller runs of every benchmark")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these modules (e.g. bench_slurm)")

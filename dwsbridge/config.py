@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dwsbridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dwsbridge.directives import Limits
 
 DEFAULT_CONFIG_PATH = Path("/etc/dwsbridge/config.yaml")
 DEFAULT_ROOT = Path("/var/lib/dwsbridge")
@@ -42,6 +45,10 @@ class Config:
     flux_presets: dict[str, str] = field(default_factory=dict)  # -S dw=NAME -> directives
     # copy_in/copy_out `profile=NAME` -> data mover options, e.g. {"workers": 8, "bwlimit": 104857600}
     data_movement_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What one job may ask of the validator, which runs inside slurmctld (dwsbridge.directives.Limits)
+    max_directives: int = 1000  # #DW directives per job
+    max_directive_bytes: int = 256 * 1024  # bytes of a job's #DW directives
+    max_errors: int = 20  # problems reported per job; the rest are counted
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:
@@ -57,6 +64,12 @@ class Config:
     def job_env_dir(self) -> Path:
         return self.slurm_env_dir or self.root / "job-env"
 
+    @property
+    def directive_limits(self) -> Limits:
+        from dwsbridge.directives import Limits
+
+        return Limits(self.max_directives, self.max_directive_bytes, self.max_errors)
+
 
 _PATH_FIELDS = {
     "root",
@@ -66,6 +79,9 @@ _PATH_FIELDS = {
     "copy_offload_profiles",
     "slurm_env_dir",
 }
+
+
+_LIMIT_FIELDS = ("max_directives", "max_directive_bytes", "max_errors")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
@@ -124,6 +140,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return parse_size(value)
         if key in ("state_timeout", "transient_timeout", "orphan_sweep_interval"):
             return float(value)
+        if key in _LIMIT_FIELDS:
+            number = parse_size(value) if key == "max_directive_bytes" else value
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise ValueError(f"must be a positive integer, not {value!r}")
+            return number
         if key == "data_movement_profiles":
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ValueError("must map each profile name to a mapping of mover options")

@@ -2,20 +2,24 @@
 and getting the directives out of a Slurm job script or a Flux `dw` attribute.
 
 Everyone validates through `validate_job` / `check_job`, so a job is judged the same way by the CLI,
-the Slurm and Flux adapters and the local backend. Importing this module costs only the standard
-library; PyYAML is imported the first time a ruleset file is read, and the bundled ruleset is parsed
-and compiled once per process.
+the Slurm and Flux adapters and the local backend. Validation runs inside slurmctld's hooks, so it is
+linear in the size of the job and bounded (`Limits`: directive count, directive bytes, error lines).
+Importing this module costs only the standard library; PyYAML is imported the first time a ruleset
+file is read, google-re2 the first time a rule pattern is compiled (dwsbridge.regexp), and the bundled
+ruleset is parsed and compiled once per process.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from dwsbridge.errors import ConfigError, DirectiveError, ValidationFailed
+from dwsbridge.errors import ConfigError, DirectiveError, MoreErrors, ValidationFailed
+from dwsbridge.regexp import Pattern, PatternError, compile_pattern
 
 PREFIX = "#DW"
 BUNDLED_RULESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "nnf-ruleset.yaml")
@@ -37,6 +41,27 @@ _BOOL = re.compile(r"(?i)(?:true|false)")  # dwdparse's (?i)^(true|false)$
 _PLAIN_KEY = re.compile(r"\^?([A-Za-z0-9_-]+)\$?")
 _INT64 = 2**63
 _C_SPACE = " \t\n\v\f\r"  # C's isspace(), which Slurm uses when it joins continued lines
+_CAPACITY_NUMBER = re.compile(r"([0-9]+)(?:KiB|KB|MiB|MB|GiB|GB|TiB|TB)?")
+CONTAINER_FILESYSTEMS = ("lustre", "gfs2", "raw")  # what nnf-sos mounts into a user container
+SHOWN = 60  # characters of a user's key or value quoted in a message
+
+
+class Limits(NamedTuple):  # a NamedTuple: a tenth of a frozen dataclass's import cost, on the hook path
+    """What one job may ask of the validator, which runs inside slurmctld's hooks (config settings
+    `max_directives`, `max_directive_bytes`, `max_errors`). DWS stores a job's directives in one
+    Kubernetes object, which etcd caps at 1.5 MiB, so the defaults refuse nothing a real job can use."""
+
+    max_directives: int = 1000  # #DW directives in one job
+    max_directive_bytes: int = 256 * 1024  # UTF-8 bytes of all of a job's #DW directives
+    max_errors: int = 20  # problems reported; the rest are counted ("... and N more")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def clip(text: str, limit: int = SHOWN) -> str:
+    """A user's text as a message quotes it: at most `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -83,7 +108,7 @@ def parse_directive(text: str, line: int = 0) -> Directive:
         raise DirectiveError("empty directive: write '#DW <command> key=value ...'", line=line)
     if tokens[0] != PREFIX:
         if tokens[0].startswith(PREFIX):
-            reason = f"'{tokens[0]}' is not '#DW': put a space between '#DW' and the command"
+            reason = f"'{clip(tokens[0])}' is not '#DW': put a space between '#DW' and the command"
         else:
             reason = "a directive starts with '#DW' followed by a space and a command"
         raise DirectiveError(reason, directive=shown, line=line)
@@ -98,7 +123,7 @@ def parse_directive(text: str, line: int = 0) -> Directive:
         key, sep, value = token.partition("=")
         if key in args:
             raise DirectiveError(
-                f"repeated argument '{key}': give each argument once",
+                f"repeated argument '{clip(key)}': give each argument once",
                 directive=shown,
                 line=line,
                 argument=key,
@@ -124,10 +149,10 @@ class RuleDef:
 
     key: str
     type: str
-    key_re: re.Pattern[str]
+    key_re: Pattern
     pattern: str = ""
-    pattern_re: re.Pattern[str] | None = None
-    patterns: tuple[re.Pattern[str], ...] = ()
+    pattern_re: Pattern | None = None
+    patterns: tuple[Pattern, ...] = ()
     min: int = 0
     max: int = 0
     is_required: bool = False
@@ -236,19 +261,24 @@ class RuleSet:
         self, directive: Directive, unique: dict[tuple[str, str], Directive]
     ) -> list[DirectiveError]:
         """Every rule problem of one directive; `unique` carries uniqueWithin values across the job."""
+        return list(self.problems(directive, unique))
+
+    def problems(
+        self, directive: Directive, unique: dict[tuple[str, str], Directive]
+    ) -> Iterator[DirectiveError]:
+        """`validate`, one problem at a time (check_job keeps only as many as it reports)."""
         candidates = self._by_command.get(directive.command)
         if not candidates:
-            return [directive.error(self._unknown_command(directive.command))]
-        errors: list[DirectiveError] = []
+            yield directive.error(self._unknown_command(directive.command))
+            return
         for rule in candidates:
-            errors += _check_against(rule, directive, unique)
-        return errors
+            yield from _check_against(rule, directive, unique)
 
     def _unknown_command(self, command: str) -> str:
         known = ", ".join(self._by_command)
         folded = [c for c in self._by_command if c.lower() == command.lower()]
         hint = f"; commands are case-sensitive: did you mean '{folded[0]}'?" if folded else ""
-        return f"unknown command '{command}' (this site's rules accept: {known}){hint}"
+        return f"unknown command '{clip(command)}' (this site's rules accept: {known}){hint}"
 
 
 _RULESET_CACHE: dict[tuple[str, int, int], RuleSet] = {}
@@ -264,14 +294,16 @@ def _flatten_lists(documents: Iterable[Any]) -> Iterable[Any]:
             yield doc
 
 
-def _compile(pattern: Any, where: str) -> re.Pattern[str]:
+def _compile(pattern: Any, where: str) -> Pattern:
+    """A rule's regular expression, compiled with Go's (RE2) semantics, as DWS compiles it."""
     if not isinstance(pattern, str):
         raise ConfigError(f"{where}: expected a regular expression string, found {pattern!r}")
     try:
-        # RE2 (Go) classes such as \d and \w are ASCII-only; re.ASCII makes Python agree.
-        return re.compile(pattern, re.ASCII)
-    except (re.error, OverflowError, RecursionError, ValueError) as exc:
-        raise ConfigError(f"{where}: invalid regular expression {pattern!r}: {exc}") from exc
+        return compile_pattern(pattern)
+    except PatternError as exc:
+        raise ConfigError(
+            f"{where}: invalid regular expression {pattern!r}: {exc} (rulesets use Go's RE2 syntax)"
+        ) from exc
 
 
 def _typed(entry: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
@@ -336,74 +368,81 @@ def _rule_def(entry: Any, where: str) -> RuleDef:
 
 def _check_against(
     rule: CommandRule, directive: Directive, unique: dict[tuple[str, str], Directive]
-) -> list[DirectiveError]:
-    errors: list[DirectiveError] = []
+) -> Iterator[DirectiveError]:
     present: set[int] = set()
     for key, raw in directive.args.items():
         rdef = rule.find(key)
+        shown = clip(key)
         if rdef is None:
             accepted = ", ".join(r.display_key for r in rule.rule_defs) or "no arguments"
-            errors.append(
-                directive.error(f"unsupported argument '{key}' ({rule.command} accepts: {accepted})", key)
-            )
+            yield directive.error(f"unsupported argument '{shown}' ({rule.command} accepts: {accepted})", key)
             continue
         present.add(id(rdef))
         if raw is None:
             if rdef.type == "bool" and not rdef.is_value_required:
                 raw = "true"
             else:
-                errors.append(directive.error(f"argument '{key}' requires a value: write {key}=<value>", key))
+                yield directive.error(f"argument '{shown}' requires a value: write {shown}=<value>", key)
                 continue
         if rdef.is_value_required and raw == "":
-            errors.append(directive.error(f"argument '{key}' requires a value: write {key}=<value>", key))
+            yield directive.error(f"argument '{shown}' requires a value: write {shown}=<value>", key)
             continue
-        problem = _check_value(rdef, key, raw)
+        problem = _check_value(rdef, shown, raw)
         if problem:
-            errors.append(directive.error(problem, key))
+            yield directive.error(problem, key)
             continue
         if rdef.unique_within:
             slot = (rdef.unique_within, raw)
             first = unique.setdefault(slot, directive)
             if first is not directive:
-                errors.append(
-                    directive.error(
-                        f"argument '{key}' value '{raw}' is already used by the directive on {first.where}; "
-                        f"values of '{rdef.unique_within}' must be unique within a job",
-                        key,
-                    )
+                yield directive.error(
+                    f"argument '{shown}' value '{clip(raw)}' is already used by the directive on "
+                    f"{first.where}; values of '{rdef.unique_within}' must be unique within a job",
+                    key,
                 )
     for rdef in rule.rule_defs:
         if rdef.is_required and id(rdef) not in present:
-            errors.append(
-                directive.error(f"missing required argument '{rdef.display_key}'", rdef.display_key)
-            )
-    return errors
+            yield directive.error(f"missing required argument '{rdef.display_key}'", rdef.display_key)
+
+
+def _atoi(value: str) -> int | None:
+    """Go's strconv.Atoi on a 64-bit machine: the number, or None (Python's int() would also take
+    `1_000` and spaces, and refuses more than 4,300 digits)."""
+    if not _INTEGER.fullmatch(value):
+        return None
+    sign = "-" if value[0] == "-" else ""
+    digits = value.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    number = int(sign + digits)
+    return number if -_INT64 <= number < _INT64 else None
 
 
 def _check_value(rdef: RuleDef, key: str, value: str) -> str:
-    """The problem with one value, or '' when it satisfies the rule."""
+    """The problem with one value, or '' when it satisfies the rule (`key` as messages show it)."""
+    shown = clip(value)
     if rdef.type == "integer":
-        if not _INTEGER.fullmatch(value) or not -_INT64 <= int(value) < _INT64:
-            return f"argument '{key}' value '{value}' is not an integer"
-        number = int(value)
+        number = _atoi(value)
+        if number is None:
+            return f"argument '{key}' value '{shown}' is not an integer"
         if rdef.max != 0 and number > rdef.max:
             return f"argument '{key}' value {number} is greater than the maximum {rdef.max}"
         if rdef.min != 0 and number < rdef.min:
             return f"argument '{key}' value {number} is less than the minimum {rdef.min}"
     elif rdef.type == "bool":
         if not _BOOL.fullmatch(value):
-            return f"argument '{key}' value '{value}' is not a boolean: use true or false"
+            return f"argument '{key}' value '{shown}' is not a boolean: use true or false"
     elif rdef.type == "string":
         if rdef.pattern_re is not None and not rdef.pattern_re.search(value):
-            return f"argument '{key}' value '{value}' does not match {rdef.pattern}"
+            return f"argument '{key}' value '{shown}' does not match {rdef.pattern}"
     elif rdef.type == "list-of-string":
         seen: set[str] = set()
         for word in value.split(","):
             if not any(p.search(word) for p in rdef.patterns):
                 allowed = ", ".join(p.pattern for p in rdef.patterns)
-                return f"argument '{key}' item '{word}' does not match any of {allowed}"
+                return f"argument '{key}' item '{clip(word)}' does not match any of {allowed}"
             if word in seen:
-                return f"argument '{key}' lists '{word}' more than once"
+                return f"argument '{key}' lists '{clip(word)}' more than once"
             seen.add(word)
     return ""
 
@@ -446,73 +485,167 @@ def split_staging_path(value: str) -> tuple[str, str, str]:
     return "global", "", value
 
 
-def _check_staging(directive: Directive, by_command: Mapping[str, list[Directive]]) -> list[DirectiveError]:
-    errors: list[DirectiveError] = []
+class JobIndex:
+    """The storage directives of one job, by command and name, built in one pass so that every
+    cross-directive check is a lookup (a job may carry a thousand directives)."""
+
+    def __init__(self, directives: Sequence[Directive]) -> None:
+        self.by_name: dict[tuple[str, str], Directive] = {}
+        self.names: dict[str, list[str]] = {}
+        self._known: dict[str, str] = {}
+        for d in directives:
+            name = d.name
+            if name and (d.command, name) not in self.by_name:
+                self.by_name[(d.command, name)] = d
+                self.names.setdefault(d.command, []).append(name)
+
+    def find(self, command: str, name: str) -> Directive | None:
+        return self.by_name.get((command, name))
+
+    def known(self, command: str, shown: int = 5) -> str:
+        """`a, b, c` (the first `shown` in sorted order, and how many in all), or `none`; made once
+        per command, however many messages quote it."""
+        cached = self._known.get(command)
+        if cached is None:
+            names = self.names.get(command, [])
+            first = heapq.nsmallest(shown, names)
+            listed = ", ".join(clip(n, 40) for n in first) or "none"
+            cached = listed if len(names) <= shown else f"{listed}, ... ({len(names)} in all)"
+            self._known[command] = cached
+        return cached
+
+
+def _check_staging(directive: Directive, index: JobIndex) -> Iterator[DirectiveError]:
     for arg in ("source", "destination"):
         value = directive.get(arg)
         if not value:
             continue  # missing or empty: the ruleset reports it
         kind, name, _ = split_staging_path(value)
+        shown = clip(value)
         if kind == "global":
             if not value.startswith("/"):
                 hint = ""
                 if value.startswith("${DW_"):
                     hint = "; write the variable without braces, e.g. $DW_JOB_data/file"
-                errors.append(
-                    directive.error(
-                        f"argument '{arg}' value '{value}' must be $DW_JOB_<name>[/path], "
-                        f"$DW_PERSISTENT_<name>[/path] or an absolute path{hint}",
-                        arg,
-                    )
+                yield directive.error(
+                    f"argument '{arg}' value '{shown}' must be $DW_JOB_<name>[/path], "
+                    f"$DW_PERSISTENT_<name>[/path] or an absolute path{hint}",
+                    arg,
                 )
             continue
         command = "jobdw" if kind == "job" else "persistentdw"
-        targets = [d for d in by_command.get(command, []) if d.name == name]
-        if not targets:
-            known = ", ".join(sorted({d.name for d in by_command.get(command, []) if d.name})) or "none"
-            errors.append(
-                directive.error(
-                    f"argument '{arg}' value '{value}' names {command} storage '{name}', but the job has no "
-                    f"'#DW {command} ... name={name}' (its {command} names: {known})",
-                    arg,
-                )
+        target = index.find(command, name)
+        if target is None:
+            yield directive.error(
+                f"argument '{arg}' value '{shown}' names {command} storage '{clip(name)}', but the job has "
+                f"no '#DW {command} ... name={clip(name)}' (its {command} names: {index.known(command)})",
+                arg,
             )
-        elif kind == "job" and targets[0].get("type") == "raw":
-            errors.append(
-                directive.error(
-                    f"argument '{arg}' value '{value}': data movement cannot use raw job storage '{name}' "
-                    f"(on {targets[0].where}); use type=xfs, gfs2 or lustre",
-                    arg,
-                )
+        elif kind == "job" and target.get("type") == "raw":
+            yield directive.error(
+                f"argument '{arg}' value '{shown}': data movement cannot use raw job storage '{clip(name)}' "
+                f"(on {target.where}); use type=xfs, gfs2 or lustre",
+                arg,
             )
-    return errors
 
 
-def _cross_directive(directives: Sequence[Directive], total: int) -> list[DirectiveError]:
-    """nnf-sos's checks at Proposal that look at the whole job."""
-    errors: list[DirectiveError] = []
-    by_command: dict[str, list[Directive]] = {}
-    for d in directives:
-        by_command.setdefault(d.command, []).append(d)
+def _check_container(
+    directive: Directive,
+    index: JobIndex,
+    rules: RuleSet,
+    persistent_fs: Callable[[str], str | None] | None,
+) -> Iterator[DirectiveError]:
+    """nnf-sos's validateContainerDirective, as far as it can be judged without the cluster: each
+    storage argument names storage of this job that a container can mount (NNF's messages first)."""
+    for arg, value in directive.args.items():
+        if arg in ("name", "profile"):
+            continue
+        if not value:
+            continue  # a bare or empty storage argument: the ruleset reports it
+        shown = clip(value)
+        if arg.startswith("DW_JOB_"):
+            target = index.find("jobdw", value)
+            if target is None:
+                yield directive.error(
+                    f"jobdw directive mentioning '{shown}' not found (the job's jobdw names: "
+                    f"{index.known('jobdw')})",
+                    arg,
+                )
+                continue
+            fs = target.get("type") or ""
+        elif arg.startswith("DW_PERSISTENT_"):
+            if index.find("persistentdw", value) is None:
+                yield directive.error(
+                    f"persistentdw directive mentioning '{shown}' not found: add '#DW persistentdw "
+                    f"name={shown}' to the job",
+                    arg,
+                )
+                continue
+            found = persistent_fs(value) if persistent_fs is not None else None
+            if found is None:
+                continue  # the instance's filesystem is known only to the backend that holds it
+            fs = found
+        elif arg.startswith("DW_GLOBAL_"):
+            if not value.startswith("/"):
+                yield directive.error(
+                    f"global Lustre file system containing '{shown}' not found: {clip(arg)} must be the "
+                    "absolute path of a directory on a global Lustre file system",
+                    arg,
+                )
+            continue
+        else:
+            if rules.accepts_key(directive.command, arg):  # else the ruleset already refused it
+                yield directive.error(
+                    f"unrecognized container argument: {clip(arg)} (use DW_JOB_<name>, DW_PERSISTENT_<name> "
+                    "or DW_GLOBAL_<name>)",
+                    arg,
+                )
+            continue
+        if fs.lower() not in CONTAINER_FILESYSTEMS:
+            yield directive.error(
+                f"unsupported container filesystem: {clip(fs)} (storage '{shown}' given as {clip(arg)}; "
+                f"a container can mount {', '.join(CONTAINER_FILESYSTEMS)})",
+                arg,
+            )
+
+
+def _check_capacity(directive: Directive) -> Iterator[DirectiveError]:
+    """nnf-sos refuses a zero capacity at Proposal (the ruleset's pattern allows `0GiB`)."""
+    value = directive.get("capacity")
+    if value and directive.command in POOL_COMMANDS:
+        match = _CAPACITY_NUMBER.fullmatch(value)
+        if match and int(match.group(1).lstrip("0") or "0") == 0:
+            yield directive.error(
+                f"'capacity' must be a non-zero value (capacity={clip(value)}: ask for e.g. capacity=1GiB)",
+                "capacity",
+            )
+
+
+def _cross_directive(
+    directives: Sequence[Directive],
+    total: int,
+    rules: RuleSet,
+    persistent_fs: Callable[[str], str | None] | None = None,
+) -> Iterator[DirectiveError]:
+    """nnf-sos's checks at Proposal that look at the whole job; linear in the number of directives."""
+    index = JobIndex(directives)
+    first_container: Directive | None = None
     for d in directives:
         if d.command in ("create_persistent", "destroy_persistent") and total > 1:
-            errors.append(
-                d.error(
-                    f"{d.command} must be the only directive of its job (this job has {total}); "
-                    "submit it as a job of its own"
-                )
+            yield d.error(
+                f"{d.command} must be the only directive of its job (this job has {total}); "
+                "submit it as a job of its own"
             )
-    containers = by_command.get("container", [])
-    for extra in containers[1:]:
-        errors.append(
-            extra.error(
-                f"only one container directive is allowed per job; the first is on {containers[0].where}"
-            )
-        )
-    for d in directives:
+        yield from _check_capacity(d)
+        if d.command == "container":
+            if first_container is None:
+                first_container = d
+            else:
+                first = first_container.where
+                yield d.error(f"only one container directive is allowed per job; the first is on {first}")
+            yield from _check_container(d, index, rules, persistent_fs)
         if d.command in STAGING_COMMANDS:
-            errors += _check_staging(d, by_command)
-    return errors
+            yield from _check_staging(d, index)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -548,7 +681,7 @@ def _slurm_pool_errors(directive: Directive, pool: str) -> list[DirectiveError]:
             reason = f"argument 'pool' needs the burst-buffer pool's name: write pool={pool}"
         else:
             reason = (
-                f"argument 'pool' value '{value}' is not a burst-buffer pool of this cluster: "
+                f"argument 'pool' value '{clip(value or '')}' is not a burst-buffer pool of this cluster: "
                 f"write pool={pool}"
             )
         return [directive.error(reason, "pool")]
@@ -566,28 +699,38 @@ def check_job(
     wlm: str | None = None,
     pool: str = "dws",
     strip_pool: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+    persistent_fs: Callable[[str], str | None] | None = None,
 ) -> tuple[list[Directive], list[DirectiveError]]:
-    """Validate a job's directives; return the DWS-normalized directives that parsed, and every problem.
+    """Validate a job's directives; return the DWS-normalized directives that parsed, and its problems.
 
     `texts` are directive strings (line unknown) or `(line, text)` pairs from `script_directives`.
     With wlm="slurm", Slurm's own rule (pool= beside capacity=, naming `pool`) is checked too.
     `pool=` is removed from jobdw/create_persistent lines before the DWS rules see them; with
     strip_pool=False it is judged by the ruleset like any argument (what DWS itself would do).
+    At most `limits.max_errors` problems are returned, in line order, then one `MoreErrors` counting
+    the rest; a job over the directive count or size limits gets one error and is not parsed at all.
+    `persistent_fs(name)` gives a persistent instance's filesystem type, when the caller knows it.
     """
     rules = ruleset if ruleset is not None else bundled_ruleset()
-    errors: list[DirectiveError] = []
+    early: list[DirectiveError] = []
+    entries: Sequence[Any] = texts if isinstance(texts, (list, tuple)) else _as_list(texts, early)
+    too_big = _over_limits(entries, limits)
+    if too_big is not None:
+        return [], [too_big]
+    problems = _Problems(limits.max_errors)
+    problems.extend(early)
     normalized: list[Directive] = []
     checked: list[Directive] = []  # what the rules judge: DWS's arguments, the user's text in messages
-    entries: Sequence[Any] = texts if isinstance(texts, (list, tuple)) else _as_list(texts, errors)
     for entry in entries:
         line, text = _entry(entry)
         try:
             directive = parse_directive(text, line)
         except DirectiveError as exc:
-            errors.append(exc)
+            problems.add(exc)
             continue
         if wlm == "slurm":
-            errors += _slurm_pool_errors(directive, pool)
+            problems.extend(_slurm_pool_errors(directive, pool))
         dws = directive
         if (
             strip_pool
@@ -599,10 +742,9 @@ def check_job(
         checked.append(Directive(directive.text, directive.line, directive.command, dws.args))
     unique: dict[tuple[str, str], Directive] = {}
     for directive in checked:
-        errors += rules.validate(directive, unique)
-    errors += _cross_directive(checked, len(entries))
-    errors.sort(key=lambda e: e.line)
-    return normalized, errors
+        problems.extend(rules.problems(directive, unique))
+    problems.extend(_cross_directive(checked, len(entries), rules, persistent_fs))
+    return normalized, problems.report()
 
 
 def validate_job(
@@ -612,12 +754,75 @@ def validate_job(
     wlm: str | None = None,
     pool: str = "dws",
     strip_pool: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+    persistent_fs: Callable[[str], str | None] | None = None,
 ) -> list[Directive]:
-    """The DWS-normalized directives of a valid job; raises ValidationFailed listing every problem."""
-    directives, errors = check_job(texts, ruleset=ruleset, wlm=wlm, pool=pool, strip_pool=strip_pool)
+    """The DWS-normalized directives of a valid job; raises ValidationFailed listing its problems."""
+    directives, errors = check_job(
+        texts,
+        ruleset=ruleset,
+        wlm=wlm,
+        pool=pool,
+        strip_pool=strip_pool,
+        limits=limits,
+        persistent_fs=persistent_fs,
+    )
     if errors:
         raise ValidationFailed(errors)
     return directives
+
+
+class _Problems:
+    """The first `keep` problems by line (ties in the order found), and how many others there were:
+    memory stays bounded however many problems a job has."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = max(1, keep)
+        self._heap: list[tuple[int, int, DirectiveError]] = []  # (-line, -seq): the worst kept on top
+        self._seq = 0
+        self.dropped = 0
+
+    def add(self, error: DirectiveError) -> None:
+        self._seq += 1
+        item = (-error.line, -self._seq, error)
+        if len(self._heap) < self.keep:
+            heapq.heappush(self._heap, item)
+        elif item[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, item)
+            self.dropped += 1
+        else:
+            self.dropped += 1
+
+    def extend(self, errors: Iterable[DirectiveError]) -> None:
+        for error in errors:
+            self.add(error)
+
+    def report(self) -> list[DirectiveError]:
+        kept = [error for _, _, error in sorted(self._heap, key=lambda item: (-item[0], -item[1]))]
+        return [*kept, MoreErrors(self.dropped)] if self.dropped else kept
+
+
+def _over_limits(entries: Sequence[Any], limits: Limits) -> DirectiveError | None:
+    """One error when the job has more directives, or more bytes of them, than `limits` allow."""
+    if len(entries) > limits.max_directives:
+        line, _ = _entry(entries[limits.max_directives])
+        return DirectiveError(
+            f"the job has {len(entries)} #DW directives; this site allows at most {limits.max_directives} "
+            "per job (setting max_directives): merge or drop directives, or split the work into several jobs",
+            line=line,
+        )
+    size = 0
+    for entry in entries:
+        line, text = _entry(entry)
+        if isinstance(text, str):
+            size += len(text.encode("utf-8", "surrogatepass"))
+        if size > limits.max_directive_bytes:
+            return DirectiveError(
+                f"the job's #DW directives exceed {limits.max_directive_bytes} bytes by this line "
+                "(setting max_directive_bytes): shorten them, or split the work into several jobs",
+                line=line,
+            )
+    return None
 
 
 def _as_list(texts: Any, errors: list[DirectiveError]) -> list[Any]:

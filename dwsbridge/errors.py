@@ -26,6 +26,15 @@ class DirectiveError(DwsBridgeError):
         return f"{where}{what}{self.reason}"
 
 
+class MoreErrors(DirectiveError):
+    """The last entry of a bounded problem list: how many problems were found beyond it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"... and {count} more {noun} (fix those shown, then validate again)")
+
+
 class ValidationFailed(DwsBridgeError):
     """The directives of a job are invalid; holds every problem found, not just the first."""
 

@@ -27,9 +27,17 @@ GO_SPACES = ["\t", "\n", "\v", "\f", "\r", " ", "\x85", "\xa0", "\u2003", "\u300
 # An oracle written from the NNF ruleset's text, independent of the engine's code.
 CAPACITY = re.compile(r"[0-9]+(KiB|KB|MiB|MB|GiB|GB|TiB|TB)")
 NAME = re.compile(r"[a-z][a-z0-9-]+")
+
+
+def nonzero_capacity(value: str) -> bool:
+    """The ruleset's pattern, and nnf-sos's Proposal rule: 'capacity' must be a non-zero value."""
+    match = CAPACITY.fullmatch(value)
+    return match is not None and int(value[: match.start(1)]) > 0
+
+
 JOBDW_RULES = {
     "type": lambda v: v in ("raw", "xfs", "gfs2", "lustre"),
-    "capacity": lambda v: CAPACITY.fullmatch(v) is not None,
+    "capacity": lambda v: nonzero_capacity(v),
     "name": lambda v: NAME.fullmatch(v) is not None,
     "profile": lambda v: NAME.fullmatch(v) is not None,
     "requires": lambda v: (
@@ -132,7 +140,7 @@ def test_jobdw_is_accepted_exactly_when_every_rule_holds(tokens: list[str]) -> N
 @given(st.one_of(word, st.from_regex(r"[0-9]{1,4}(KiB|KB|MiB|MB|GiB|GB|TiB|TB|kb|B|)", fullmatch=True)))
 def test_capacity_is_accepted_exactly_when_it_matches_the_rule(capacity: str) -> None:
     _, errors = check_job([f"#DW jobdw type=xfs capacity={capacity} name=data"])
-    assert (not errors) == (CAPACITY.fullmatch(capacity) is not None)
+    assert (not errors) == nonzero_capacity(capacity)
 
 
 @FAST

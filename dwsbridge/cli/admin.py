@@ -32,8 +32,9 @@ def _lifecycle(args: argparse.Namespace) -> Any:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=("local", "kubernetes"), help="override the configured backend")
-    parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for the kubernetes backend")
+    from dwsbridge.cli import add_global_options
+
+    add_global_options(parser, backend=True)
 
 
 def register(subparsers: Any) -> None:
@@ -112,7 +113,11 @@ def cmd_create(args: argparse.Namespace) -> int:
     lc = _lifecycle(args)
     ruleset = RuleSet.load(lc.config.ruleset)  # the site's rules, as the hooks and the backend judge
     directives = validate_job(
-        script_directives(text), ruleset=ruleset, wlm=args.wlm, pool=lc.config.pool_name
+        script_directives(text),
+        ruleset=ruleset,
+        wlm=args.wlm,
+        pool=lc.config.pool_name,
+        limits=lc.config.directive_limits,
     )
     name = lc.create(
         wlm=args.wlm, job_id=args.job_id, uid=args.uid, gid=args.gid, directives=[d.text for d in directives]

@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING, Any
 from dwsbridge.errors import DwsBridgeError
 
 if TYPE_CHECKING:
-    from dwsbridge.directives import Directive, RuleSet
+    from dwsbridge.directives import Directive, Limits, RuleSet
     from dwsbridge.errors import DirectiveError
 
 VALIDATE_DESCRIPTION = """\
 Check every #DW directive of a job the way the job's submission will: the #DW grammar, the site's
 DWDirectiveRule ruleset (the bundled NNF rules unless the config or --ruleset names another), and the
-rules that look at the whole job (copy_in/copy_out paths, one container, create_persistent alone).
-Every problem is reported, not just the first.
+rules NNF applies at Proposal (copy_in/copy_out paths, container storage arguments, non-zero capacity,
+one container, create_persistent alone). Every problem is reported, not just the first, up to the
+config's max_errors (20), then '... and N more'; a job over max_directives (1000) or
+max_directive_bytes (256 KiB) gets one error. Ruleset patterns are Go regular expressions (RE2).
 
 Which lines count (Slurm, and the default): only the script's leading comment block is read, as Slurm
 does. Empty lines are skipped; the first line that does not start with '#' ends the block. Every line
@@ -116,6 +118,9 @@ def _job_id(text: str) -> str:
 
 
 def _input_options(parser: argparse.ArgumentParser, *, wlm_required: bool) -> None:
+    from dwsbridge.cli import add_global_options
+
+    add_global_options(parser, backend=False)
     parser.add_argument(
         "--ruleset",
         metavar="FILE",
@@ -145,30 +150,29 @@ def _read_input(path: str) -> tuple[str, str]:
     return data.decode("utf-8", errors="replace"), path
 
 
-def _settings(args: argparse.Namespace) -> tuple[RuleSet, str, str]:
-    """The ruleset, pool name and namespace: options first, then the config file, then defaults."""
+def _settings(args: argparse.Namespace) -> tuple[RuleSet, str, str, Limits]:
+    """The ruleset, pool name, namespace and limits: options first, then the config file, then
+    defaults."""
+    from dwsbridge.config import load_config
     from dwsbridge.directives import RuleSet
 
+    config = load_config(args.config)
     ruleset_path: str | None = args.ruleset
-    pool: str | None = args.pool
-    namespace: str | None = getattr(args, "namespace", None)
-    if ruleset_path is None or pool is None or (hasattr(args, "namespace") and namespace is None):
-        from dwsbridge.config import load_config
-
-        config = load_config(args.config)
-        if ruleset_path is None and config.ruleset is not None:
-            ruleset_path = str(config.ruleset)
-        pool = pool if pool is not None else config.pool_name
-        namespace = namespace if namespace is not None else config.namespace
-    return RuleSet.load(ruleset_path), pool or "dws", namespace or "default"
+    if ruleset_path is None and config.ruleset is not None:
+        ruleset_path = str(config.ruleset)
+    pool = args.pool if args.pool is not None else config.pool_name
+    namespace = getattr(args, "namespace", None) or config.namespace
+    return RuleSet.load(ruleset_path), pool or "dws", namespace or "default", config.directive_limits
 
 
 def _check(args: argparse.Namespace) -> tuple[str, list[Directive], list[DirectiveError], str]:
     from dwsbridge.directives import check_job, job_directives
 
     text, shown = _read_input(args.script)
-    ruleset, pool, namespace = _settings(args)
-    directives, errors = check_job(job_directives(text, args.wlm), ruleset=ruleset, wlm=args.wlm, pool=pool)
+    ruleset, pool, namespace, limits = _settings(args)
+    directives, errors = check_job(
+        job_directives(text, args.wlm), ruleset=ruleset, wlm=args.wlm, pool=pool, limits=limits
+    )
     return shown, directives, errors, namespace
 
 
@@ -182,6 +186,8 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
+        from dwsbridge.errors import MoreErrors
+
         result = {
             "valid": not errors,
             "directives": [
@@ -190,7 +196,9 @@ def run_validate(args: argparse.Namespace) -> int:
             "errors": [
                 {"line": e.line, "directive": e.directive, "argument": e.argument, "message": str(e)}
                 for e in errors
+                if not isinstance(e, MoreErrors)
             ],
+            "more_errors": sum(e.count for e in errors if isinstance(e, MoreErrors)),
         }
         print(json.dumps(result, indent=2))
         return 1 if errors else 0

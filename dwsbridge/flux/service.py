@@ -24,7 +24,7 @@ from dwsbridge.flux.protocol import MalformedRequest, Reply
 from dwsbridge.workflow import DATA_IN, DATA_OUT, POST_RUN, PRE_RUN, SETUP, STATES, workflow_name
 
 if TYPE_CHECKING:
-    from dwsbridge.directives import RuleSet
+    from dwsbridge.directives import Limits, RuleSet
     from dwsbridge.lifecycle import Lifecycle
 
 WLM = "flux"
@@ -39,16 +39,20 @@ def run_now(work: Callable[[], None]) -> None:
 
 
 def flux_directives(
-    dw: Any, presets: Mapping[str, str] | None = None, ruleset: RuleSet | None = None
+    dw: Any,
+    presets: Mapping[str, str] | None = None,
+    ruleset: RuleSet | None = None,
+    limits: Limits | None = None,
 ) -> list[str]:
     """The job's `attributes.system.dw`, split and validated as DWS will receive it. Raises
     DirectiveError / ValidationFailed with the same text a Slurm user gets for the same lines."""
-    from dwsbridge.directives import split_flux, validate_job
+    from dwsbridge.directives import DEFAULT_LIMITS, split_flux, validate_job
 
     texts = split_flux(dw, presets)
     if not texts:
         raise DirectiveError('attributes.system.dw holds no #DW directives (e.g. -S dw="#DW jobdw ...")')
-    return [d.text for d in validate_job(texts, ruleset=ruleset, wlm=WLM)]
+    directives = validate_job(texts, ruleset=ruleset, wlm=WLM, limits=limits or DEFAULT_LIMITS)
+    return [d.text for d in directives]
 
 
 class DwsService:
@@ -122,7 +126,7 @@ class DwsService:
                 protocol.parse_failure_tolerance(failure_tolerance)
             except ValueError as exc:
                 raise DwsBridgeError(str(exc)) from None
-        directives = flux_directives(dw, self.config.flux_presets, self.ruleset)
+        directives = flux_directives(dw, self.config.flux_presets, self.ruleset, self.config.directive_limits)
         name = workflow_name(WLM, jobid)
         lc = self.lifecycle
         if lc.exists(name):

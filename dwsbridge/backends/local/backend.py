@@ -81,11 +81,21 @@ class LocalBackend:
         from dwsbridge.errors import DirectiveError
 
         try:
-            errors = check_job(texts, ruleset=RuleSet.load(self.config.ruleset))[1]
+            errors = check_job(
+                texts,
+                ruleset=RuleSet.load(self.config.ruleset),
+                limits=self.config.directive_limits,
+                persistent_fs=self._persistent_fs,
+            )[1]
         except DirectiveError as exc:
             errors = [exc]
         if errors:
             raise AdmissionError("; ".join(e.render() for e in errors))
+
+    def _persistent_fs(self, name: str) -> str | None:
+        """The filesystem type of persistent instance `name` (for the container rules), None if absent."""
+        record = self.store.get_persistent(name)
+        return None if record is None else str(record["type"])
 
     def get(self, name: str) -> dict[str, Any]:
         obj = self.find(name)
