@@ -323,6 +323,7 @@ class SlurmHooks:
 
         pools = [
             {"id": p.name, "quantity": int(p.quantity), "granularity": int(p.granularity)}
+            | ({} if p.free is None else {"free": int(p.free)})  # space held outside Slurm's jobs
             for p in self.lifecycle.pools()
         ]
         return success(json.dumps({"pools": pools}, separators=(",", ":")))

@@ -1,0 +1,196 @@
+"""Making and removing the storage directories users write into, safely against those users (issue 11).
+
+Root creates a directory only with an exclusive mkdir (an existing one is never adopted and handed
+to a new owner), and removes a tree by file descriptors: every directory is opened without following
+symlinks and locked (owned by root, mode 0) before it is listed, so a process of the user can add no
+entry behind the walk, and nothing the user planted (a symlink, a hard link) is ever followed. The walk
+is iterative and holds one or two descriptors at a time, so any depth is fine.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PENDING = 256  # subdirectories remembered per level (bounds memory on wide and deep trees)
+
+
+class StorageError(Exception):
+    """Storage could not be made or removed; the message names the path and the OS reason."""
+
+
+@dataclass
+class Removal:
+    """What one removal did (for the log line)."""
+
+    entries: int = 0
+
+
+def open_dir(path: Path) -> int:
+    """A descriptor of directory `path`, refusing a symlink in its last component."""
+    return os.open(path, _DIR_FLAGS)
+
+
+def make_private_dir(parent: Path, name: str, uid: int, gid: int) -> Path:
+    """Create `parent/name` for uid:gid, mode 0700, failing if anything already has that name."""
+    path = parent / name
+    try:
+        pfd = open_dir(parent)
+    except OSError as exc:
+        raise StorageError(f"cannot open {parent}: {exc.strerror}") from exc
+    try:
+        os.mkdir(name, 0o700, dir_fd=pfd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    except FileExistsError as exc:
+        raise StorageError(f"{path} already exists") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror}") from exc
+    finally:
+        os.close(pfd)
+    return path
+
+
+def remove_tree(path: Path) -> Removal:
+    """Remove `path` (a directory tree, or any other file) for good; StorageError if anything stays.
+
+    A missing `path` is not an error. `path`'s parent must be a directory users cannot write."""
+    done = Removal()
+    try:
+        pfd = open_dir(path.parent)
+    except FileNotFoundError:
+        return done
+    except OSError as exc:
+        raise StorageError(f"cannot open {path.parent}: {exc.strerror}") from exc
+    try:
+        _remove_entry(pfd, path.name, path, done)
+    finally:
+        os.close(pfd)
+    return done
+
+
+def _remove_entry(pfd: int, name: str, path: Path, done: Removal) -> None:
+    if _unlink_non_dir(pfd, name, path):
+        done.entries += 1
+        return
+    try:
+        top = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
+    _walk(top, path, done)  # closes top
+    try:
+        os.rmdir(name, dir_fd=pfd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot remove {path}: {exc.strerror}") from exc
+    done.entries += 1
+
+
+def _unlink_non_dir(dfd: int, name: str, path: Path) -> bool:
+    """Unlink `name` unless it is a directory (True when it is gone). unlink never follows a symlink."""
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return True
+    except IsADirectoryError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EPERM:  # some systems say EPERM for a directory
+            try:
+                if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    return False
+            except OSError:
+                pass
+        raise StorageError(f"cannot remove {path / name}: {exc.strerror}") from exc
+    return True
+
+
+def _lock(fd: int, path: Path) -> tuple[int, int]:
+    """Take the directory from its user (root-owned, mode 0): no one but root can add entries now."""
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0)
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise StorageError(f"cannot lock {path} for removal: {exc.strerror}") from exc
+    return st.st_dev, st.st_ino
+
+
+def _walk(top: int, path: Path, done: Removal) -> None:
+    """Empty the directory open as `top` (closing it), depth first, one open directory at a time.
+
+    Each level above the current one keeps its name, its identity and the subdirectories still to
+    visit (at most _PENDING): going up opens ".." and checks it is the directory we came from (every
+    level is locked, so nothing can have moved)."""
+    frames: list[tuple[str, tuple[int, int], list[str]]] = []
+    identity = _lock(top, path)
+    fd, current = top, path
+    pending: list[str] = []
+    try:
+        while True:
+            if not pending:
+                pending = _scan(fd, current, done)
+            if pending:
+                child = pending.pop()
+                try:
+                    sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StorageError(f"cannot open {current / child}: {exc.strerror}") from exc
+                frames.append((child, identity, pending))
+                os.close(fd)
+                fd, current, pending = sub, current / child, []
+                identity = _lock(fd, current)
+                continue
+            if not frames:
+                return
+            name, identity, pending = frames.pop()
+            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd, current = up, current.parent
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != identity:
+                raise StorageError(f"{current} changed during its removal; stopped")
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError as exc:
+                raise StorageError(f"cannot remove {current / name}: {exc.strerror}") from exc
+            done.entries += 1
+    finally:
+        os.close(fd)
+
+
+def _scan(fd: int, path: Path, done: Removal) -> list[str]:
+    """Unlink what is not a directory in the open directory; return up to _PENDING subdirectories
+    (none: the directory is empty)."""
+    dirs: list[str] = []
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.name)
+                    if len(dirs) >= _PENDING:
+                        break
+                    continue
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StorageError(f"cannot remove {path / entry.name}: {exc.strerror}") from exc
+                done.entries += 1
+    except OSError as exc:
+        raise StorageError(f"cannot list {path}: {exc.strerror}") from exc
+    return dirs
