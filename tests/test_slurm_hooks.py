@@ -361,7 +361,12 @@ def test_module_entry_prints_payload_then_status(config_file: Path) -> None:
     proc = run_bridge(config_file, "pools")
     assert proc.returncode == 0
     payload, status = proc.stdout.rsplit("\n", 2)[:2]
-    assert json.loads(payload)["pools"][0] == {"id": "fast", "quantity": 1024**3, "granularity": 1}
+    assert json.loads(payload)["pools"][0] == {
+        "id": "fast",
+        "quantity": 1024**3,
+        "granularity": 1,
+        "free": 1024**3,
+    }
     assert status == f"@@DWSBRIDGE rc=0 len={len(payload)}"
 
 
