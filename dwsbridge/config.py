@@ -35,6 +35,10 @@ class Config:
     persistent_sharing: str = "owner"
     persistent_instances_per_user: int = 4
     persistent_capacity_per_user: int | None = None
+    # local backend: how capacity= is enforced: "loop" (an ext4 filesystem of that size per allocation,
+    # loop-mounted; needs root with CAP_SYS_ADMIN and loop devices) or "none" (plain directories, the
+    # capacity only accounted)
+    storage_enforcement: str = "loop"
     state_timeout: float = 300.0  # seconds to wait for a state before giving up
     transient_timeout: float = 60.0  # seconds a TransientCondition may last before it is fatal
     # Slurm agent: how often to tear down workflows whose job Slurm has forgotten (0 = never)
@@ -75,6 +79,7 @@ _PATH_FIELDS = {
 
 
 PERSISTENT_SHARING = ("owner", "group", "all")
+STORAGE_ENFORCEMENT = ("loop", "none")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
@@ -120,6 +125,11 @@ def _build(data: dict[str, Any], source: str) -> Config:
     cfg = Config(**kwargs)
     if cfg.backend not in ("local", "kubernetes"):
         raise ConfigError(f"{source}: backend must be 'local' or 'kubernetes', not {cfg.backend!r}")
+    if cfg.storage_enforcement not in STORAGE_ENFORCEMENT:
+        raise ConfigError(
+            f"{source}: storage_enforcement must be one of {', '.join(STORAGE_ENFORCEMENT)},"
+            f" not {cfg.storage_enforcement!r}"
+        )
     if cfg.persistent_sharing not in PERSISTENT_SHARING:
         raise ConfigError(
             f"{source}: persistent_sharing must be one of {', '.join(PERSISTENT_SHARING)},"

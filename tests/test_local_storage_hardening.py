@@ -6,6 +6,7 @@ victim, the two distinct users of conftest), against real directories and the re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import sqlite3
@@ -49,6 +50,19 @@ while not os.path.exists(stop):
 
 def lifecycle(config: Config) -> Lifecycle:
     return Lifecycle(config, LocalBackend(config))
+
+
+@pytest.fixture(params=["loop", "none"])
+def any_config(request: pytest.FixtureRequest, local_config: Config) -> Config:
+    """The attack under both storage_enforcement modes: a filesystem per allocation (the default)
+    and plain directories (the fallback), where the removal walk does all the work."""
+    return dataclasses.replace(local_config, storage_enforcement=request.param)
+
+
+@pytest.fixture
+def dir_config(local_config: Config) -> Config:
+    """Plain directories: where a removal can fail on a file inside the user's storage."""
+    return dataclasses.replace(local_config, storage_enforcement="none")
 
 
 def create(lc: Lifecycle, user: pwd.struct_passwd, directives: list[str], job_id: int) -> str:
@@ -112,10 +126,10 @@ def use(lc: Lifecycle, user: pwd.struct_passwd, name: str, job_id: int) -> tuple
 
 
 def test_a_reused_persistent_name_gives_the_next_owner_a_new_directory_not_the_attackers(
-    local_config: Config, world_tmp: Path, job_user: pwd.struct_passwd, other_user: pwd.struct_passwd
+    any_config: Config, world_tmp: Path, job_user: pwd.struct_passwd, other_user: pwd.struct_passwd
 ) -> None:
     attacker, victim = other_user, job_user
-    lc = lifecycle(local_config)
+    lc = lifecycle(any_config)
     loot = world_tmp / "loot"
     loot.mkdir()
     os.chown(loot, attacker.pw_uid, attacker.pw_gid)
@@ -137,20 +151,21 @@ def test_a_reused_persistent_name_gives_the_next_owner_a_new_directory_not_the_a
     assert run_as(victim, "sh", "-c", f"echo secret > {mine}/out").returncode == 0
     assert os.listdir(loot) == []
     lc.teardown(wf)
+    lc.teardown(destroy(lc, victim, "results", 6))
 
 
 def test_a_job_directory_left_at_a_reused_job_id_is_replaced_not_adopted(
-    local_config: Config, world_tmp: Path, job_user: pwd.struct_passwd, other_user: pwd.struct_passwd
+    any_config: Config, world_tmp: Path, job_user: pwd.struct_passwd, other_user: pwd.struct_passwd
 ) -> None:
     attacker, victim = other_user, job_user
-    lc = lifecycle(local_config)
+    lc = lifecycle(any_config)
     backend: LocalBackend = lc.backend  # type: ignore[assignment]
     backend.driver.ensure_layout()
     loot = world_tmp / "loot"
     loot.mkdir()
     os.chown(loot, attacker.pw_uid, attacker.pw_gid)
     # What an earlier bb42 of the attacker's left behind (before the job-ID wrap).
-    old = local_config.root / "storage" / "jobs" / "bb42"
+    old = any_config.root / "storage" / "jobs" / "bb42"
     old.mkdir()
     make_private_dir(old, "scratch", attacker.pw_uid, attacker.pw_gid)
     assert run_as(attacker, "ln", "-s", str(loot), str(old / "scratch" / "result")).returncode == 0
@@ -198,23 +213,30 @@ def test_removal_never_follows_a_symlink_or_a_hard_link_out_of_the_tree(
 
 
 def test_a_1200_deep_tree_in_job_storage_is_removed_at_teardown(
-    local_config: Config, job_user: pwd.struct_passwd
+    any_config: Config, job_user: pwd.struct_passwd
 ) -> None:
-    lc = lifecycle(local_config)
-    wf = create(lc, job_user, ["#DW jobdw type=xfs capacity=1MiB name=scratch"], 7)
+    lc = lifecycle(any_config)
+    wf = create(lc, job_user, ["#DW jobdw type=xfs capacity=64MiB name=scratch"], 7)
     lc.walk(wf, ["Setup"])
     scratch = Path(lc.environment(wf)["DW_JOB_scratch"])
-    deep = f"cd {scratch} && for i in $(seq 1300); do mkdir d && cd d && touch f || exit 1; done"
-    assert run_as(job_user, "sh", "-c", deep).returncode == 0
+    deep = "import os\nfor _ in range(1300):\n    os.mkdir('d'); os.chdir('d'); open('f', 'w').close()"
+    made = subprocess.run(
+        [sys.executable, "-c", deep],
+        cwd=scratch,
+        user=job_user.pw_uid,
+        group=job_user.pw_gid,
+        extra_groups=[],
+    )
+    assert made.returncode == 0
     lc.teardown(wf, hurry=True)
     assert not scratch.parent.exists()
     assert not lc.exists(wf)
 
 
 def test_a_process_writing_into_job_storage_during_teardown_cannot_make_it_leak(
-    local_config: Config, world_tmp: Path, job_user: pwd.struct_passwd
+    any_config: Config, world_tmp: Path, job_user: pwd.struct_passwd
 ) -> None:
-    lc = lifecycle(local_config)
+    lc = lifecycle(any_config)
     wf = create(lc, job_user, ["#DW jobdw type=xfs capacity=1MiB name=scratch"], 8)
     lc.walk(wf, ["Setup"])
     scratch = Path(lc.environment(wf)["DW_JOB_scratch"])
@@ -237,9 +259,9 @@ def immutable(path: Path) -> Iterator[None]:
 
 
 def test_a_failed_job_storage_removal_keeps_the_workflow_in_teardown_error_until_a_retry(
-    local_config: Config, job_user: pwd.struct_passwd
+    dir_config: Config, job_user: pwd.struct_passwd
 ) -> None:
-    lc = lifecycle(local_config)
+    lc = lifecycle(dir_config)
     wf = create(lc, job_user, ["#DW jobdw type=xfs capacity=1MiB name=scratch"], 9)
     lc.walk(wf, ["Setup"])
     scratch = Path(lc.environment(wf)["DW_JOB_scratch"])
@@ -260,9 +282,9 @@ def test_a_failed_job_storage_removal_keeps_the_workflow_in_teardown_error_until
 
 
 def test_a_persistent_instance_whose_removal_failed_is_neither_usable_nor_forgotten(
-    local_config: Config, job_user: pwd.struct_passwd, other_user: pwd.struct_passwd
+    dir_config: Config, job_user: pwd.struct_passwd, other_user: pwd.struct_passwd
 ) -> None:
-    lc = lifecycle(local_config)
+    lc = lifecycle(dir_config)
     path = persistent(lc, job_user, "keep", 20)
     assert run_as(job_user, "touch", str(path / "stuck")).returncode == 0
     with immutable(path / "stuck"):
@@ -478,3 +500,63 @@ def test_destroy_persistent_of_an_absent_name_passes_proposal_and_setup_says_wha
         lc.advance_to(wf, "Setup")
     lc.teardown(wf)
     assert not lc.exists(wf)
+
+
+# --- 11.8: capacity enforced by a filesystem per allocation -------------------------------------------------
+
+
+def allocated(path: Path) -> int:
+    """Bytes the file really takes on disk."""
+    return os.stat(path).st_blocks * 512
+
+
+def test_a_job_cannot_write_past_its_capacity_nor_grow_its_storage_on_the_state_filesystem(
+    local_config: Config, job_user: pwd.struct_passwd
+) -> None:
+    lc = lifecycle(local_config)
+    wf = create(lc, job_user, ["#DW jobdw type=xfs capacity=4MiB name=scratch"], 90)
+    lc.walk(wf, ["Setup"])
+    scratch = Path(lc.environment(wf)["DW_JOB_scratch"])
+    image = local_config.root / "storage" / "images" / f"jobs.{wf}.scratch.img"
+    assert os.path.ismount(scratch) and scratch.stat().st_uid == job_user.pw_uid
+    assert allocated(image) >= 4 * 1024**2  # taken from the state filesystem at Setup, all of it
+    assert os.stat(image).st_dev == os.stat(local_config.root / "state.db").st_dev
+    fill = run_as(job_user, "dd", "if=/dev/zero", f"of={scratch}/big", "bs=1M", "count=64")
+    assert fill.returncode != 0 and "No space left on device" in fill.stderr
+    assert (scratch / "big").stat().st_size < 4 * 1024**2
+    assert allocated(image) <= 4 * 1024**2 + 64 * 1024  # the job's writes did not grow the image
+    assert os.listdir(scratch) == ["big"]  # no lost+found for a tree copy to trip on
+    lc.teardown(wf)
+    assert not image.exists() and not os.path.ismount(scratch) and not scratch.exists()
+
+
+def test_a_persistent_instance_keeps_its_capacity_and_its_data_across_an_unmount(
+    local_config: Config, job_user: pwd.struct_passwd
+) -> None:
+    lc = lifecycle(local_config)
+    path = persistent(lc, job_user, "kept-data", 91, capacity="4MiB")
+    assert os.path.ismount(path)
+    assert run_as(job_user, "sh", "-c", f"echo hello > {path}/note").returncode == 0
+    subprocess.run(["umount", str(path)], check=True)  # what a reboot does
+    assert not (path / "note").exists()
+    assert run_as(job_user, "touch", str(path / "under")).returncode != 0  # the bare mount point is root's
+    wf, used = use(lc, job_user, "kept-data", 92)
+    assert (used / "note").read_text() == "hello\n"
+    fill = run_as(job_user, "dd", "if=/dev/zero", f"of={used}/big", "bs=1M", "count=16")
+    assert fill.returncode != 0 and "No space left on device" in fill.stderr
+    lc.teardown(wf)
+    lc.teardown(destroy(lc, job_user, "kept-data", 93))
+    assert not path.exists()
+    assert os.listdir(local_config.root / "storage" / "images") == []
+
+
+def test_create_persistent_without_a_capacity_is_refused_where_capacity_is_enforced(
+    local_config: Config, job_user: pwd.struct_passwd
+) -> None:
+    lc = lifecycle(local_config)
+    with pytest.raises(WorkflowFailed, match=r"give it a capacity=.*storage_enforcement: loop"):
+        create(lc, job_user, ["#DW create_persistent type=xfs name=unbounded"], 94)
+    plain = lifecycle(dataclasses.replace(local_config, storage_enforcement="none"))
+    path = persistent(plain, job_user, "unbounded", 95)
+    assert not os.path.ismount(path)
+    plain.teardown(destroy(plain, job_user, "unbounded", 96))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dwsbridge.backends.local import loopfs
 from dwsbridge.backends.local.storage import StorageError, make_private_dir, remove_tree
 from dwsbridge.backends.local.store import Store, is_alive
 from dwsbridge.config import Config, parse_size
@@ -67,6 +68,15 @@ class LocalDriver:
         return self.root / "secrets"
 
     @property
+    def images_dir(self) -> Path:
+        """Filesystem images of the allocations (storage_enforcement: loop), root only."""
+        return self.root / "storage" / "images"
+
+    @property
+    def enforced(self) -> bool:
+        return self.config.storage_enforcement == "loop"
+
+    @property
     def trash_dir(self) -> Path:
         """Where the storage sweep moves what no record owns before removing it (root only)."""
         return self.root / "storage" / "trash"
@@ -82,6 +92,7 @@ class LocalDriver:
             (self.jobs_dir, 0o755),
             (self.persistent_dir, 0o755),
             (self.trash_dir, 0o700),
+            (self.images_dir, 0o700),
             (self.secrets_dir, 0o700),
             (self.root / "log", 0o700),
         ):
@@ -127,6 +138,11 @@ class LocalDriver:
             elif d.command == "create_persistent":
                 if self.store.get_persistent(d.arg("name")):
                     raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' already exists")
+                if self.enforced and not d.arg("capacity"):
+                    raise DriverError(
+                        f"{d.text}: give it a capacity= (this site gives each persistent instance a"
+                        " filesystem of its capacity: storage_enforcement: loop)"
+                    )
                 self.check_persistent_limits(d, uid)
             elif d.command == "destroy_persistent":
                 record = self.store.get_persistent(d.arg("name"))
@@ -228,17 +244,22 @@ class LocalDriver:
         env: dict[str, str] = dict((obj.get("status") or {}).get("env") or {})
         jobs: list[str] = []
         persistents: list[str] = []
+        try:
+            self._release_images(f"jobs.{name}.")  # of this workflow's interrupted Setup, if any
+        except StorageError as exc:
+            raise DriverError(f"cannot clear what an earlier Setup of {name} left: {exc}") from exc
         wf_dir = self._fresh_dir(self.jobs_dir, name, 0, 0)
         os.chmod(wf_dir, 0o755)
         for d in directives:
             if d.command == "jobdw":
-                path = self._fresh_dir(wf_dir, d.arg("name"), uid, gid)
+                path = self._allocate(wf_dir, d, loopfs.image_name("jobs", name, d.arg("name")), uid, gid)
                 var = env_var_suffix(d.arg("name"))
                 env[f"DW_JOB_{var}"] = str(path)
                 env.setdefault(f"DW_JOB_{d.arg('type').upper()}", str(path))
                 jobs.append(f"{d.arg('name')}:{path}")
             elif d.command == "persistentdw":
                 record = self.usable_persistent(d, uid, gid)
+                self._mount_persistent(d, record)
                 env[f"DW_PERSISTENT_{env_var_suffix(d.arg('name'))}"] = record["path"]
                 persistents.append(f"{d.arg('name')}:{record['path']}")
             elif d.command == "create_persistent":
@@ -276,6 +297,43 @@ class LocalDriver:
         except StorageError as exc:
             raise DriverError(f"cannot create storage {path}: {exc}") from exc
 
+    def _allocate(self, parent: Path, d: ParsedDirective, image: str, uid: int, gid: int) -> Path:
+        """The directive's storage at parent/<name>: its own filesystem of its capacity when the
+        site enforces capacity, else a plain directory."""
+        if not self.enforced:
+            return self._fresh_dir(parent, d.arg("name"), uid, gid)
+        path = self._fresh_dir(parent, d.arg("name"), 0, 0)  # the mount point: root's, empty
+        try:
+            loopfs.make_filesystem(self.images_dir / image, path, parse_size(d.arg("capacity")), uid, gid)
+        except StorageError as exc:
+            raise DriverError(
+                f"{d.text}: cannot give it a filesystem of its capacity: {exc} (a site where loop mounts"
+                " are impossible sets storage_enforcement: none)"
+            ) from exc
+        return path
+
+    def _mount_persistent(self, d: ParsedDirective, record: dict[str, Any]) -> None:
+        """An instance's filesystem is mounted again after a reboot, when a job first uses it."""
+        image = self.images_dir / loopfs.image_name("persistent", record["name"])
+        if image.exists():
+            try:
+                loopfs.mount_existing(image, Path(record["path"]))
+            except StorageError as exc:
+                raise DriverError(f"{d.text}: {exc}") from exc
+
+    def _release_images(self, prefix: str) -> None:
+        """Unmount and delete the filesystem images whose names start with `prefix` (StorageError)."""
+        for entry in sorted(os.listdir(self.images_dir)) if self.images_dir.is_dir() else ():
+            if entry.startswith(prefix) and entry.endswith(".img"):
+                loopfs.unmount(self.mountpoint(entry))
+                (self.images_dir / entry).unlink(missing_ok=True)
+
+    def mountpoint(self, image: str) -> Path:
+        """Where an image is mounted: jobs.<workflow>.<name>.img, persistent.<name>.img."""
+        kind, owner, *rest = image.removesuffix(".img").split(".")
+        parent = self.jobs_dir / owner if kind == "jobs" else self.persistent_dir
+        return parent / rest[0] if rest else parent / owner
+
     def _create_persistent(self, workflow: str, d: ParsedDirective, uid: int, gid: int) -> None:
         """Record the instance ("creating"), make its directory, then mark it "active". The record
         comes first and its name is unique, so no two jobs ever make (or share) one directory."""
@@ -300,7 +358,11 @@ class LocalDriver:
             if existing is None:
                 self.check_persistent_limits(d, uid, conn)
                 self.store.add_persistent(conn, record)
-        self._fresh_dir(self.persistent_dir, name, uid, gid)
+        try:
+            self._release_images(loopfs.image_name("persistent", name))  # an interrupted Setup's
+        except StorageError as exc:
+            raise DriverError(f"{d.text}: {exc}") from exc
+        self._allocate(self.persistent_dir, d, loopfs.image_name("persistent", name), uid, gid)
         with self.store.transaction() as conn:
             self.store.set_persistent_state(conn, name, "active")
         log.info("workflow=%s persistent storage %s created for uid %d", workflow, name, uid)
@@ -441,8 +503,9 @@ class LocalDriver:
         name = obj["metadata"]["name"]
         problems: list[str] = []
         self.stop_processes(name, None)
-        for path in (self.jobs_dir / name, self.secrets_dir / name):
-            self._remove(name, path, problems)
+        if self._release(name, f"jobs.{name}.", problems):
+            self._remove(name, self.jobs_dir / name, problems)
+        self._remove(name, self.secrets_dir / name, problems)
         with self.store.transaction() as conn:
             self.store.delete_secrets(conn, name)
         uid = int(obj["spec"]["userID"])
@@ -466,6 +529,15 @@ class LocalDriver:
             )
         return {}
 
+    def _release(self, workflow: str, prefix: str, problems: list[str]) -> bool:
+        try:
+            self._release_images(prefix)
+        except (StorageError, OSError) as exc:
+            log.error("workflow=%s storage filesystem release failed: %s", workflow, exc)
+            problems.append(str(exc))
+            return False
+        return True
+
     def _remove(self, workflow: str, path: Path, problems: list[str]) -> bool:
         try:
             removed = remove_tree(path)
@@ -482,7 +554,10 @@ class LocalDriver:
         no transaction open, and forget it only once the directory is gone."""
         with self.store.transaction() as conn:
             self.store.set_persistent_state(conn, record["name"], "destroying")
-        if self._remove(workflow, Path(record["path"]), problems):
+        image = loopfs.image_name("persistent", record["name"])
+        if self._release(workflow, image, problems) and self._remove(
+            workflow, Path(record["path"]), problems
+        ):
             with self.store.transaction() as conn:
                 self.store.delete_persistent(conn, record["name"])
             log.info("workflow=%s persistent storage %s destroyed", workflow, record["name"])
@@ -493,6 +568,15 @@ class LocalDriver:
         where no record can appear, by moving it into the root-only trash; then it is removed."""
         self.ensure_layout()
         claimed: list[Path] = []
+        for image in sorted(os.listdir(self.images_dir)):
+            kind, owner = image.split(".")[:2]
+            with self.store.transaction() as conn:
+                if (self._has_workflow if kind == "jobs" else self._has_instance)(conn, owner):
+                    continue
+                log.warning("storage sweep: image %s has no owner; removing it", image)
+                loopfs.unmount(self.mountpoint(image))
+                (self.images_dir / image).unlink(missing_ok=True)
+                claimed.append(self.images_dir / image)
         for parent, owned in ((self.jobs_dir, self._has_workflow), (self.persistent_dir, self._has_instance)):
             for entry in sorted(os.listdir(parent)):
                 with self.store.transaction() as conn:

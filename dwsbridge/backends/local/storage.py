@@ -4,7 +4,8 @@ Root creates a directory only with an exclusive mkdir (an existing one is never 
 to a new owner), and removes a tree by file descriptors: every directory is opened without following
 symlinks and locked (owned by root, mode 0) before it is listed, so a process of the user can add no
 entry behind the walk, and nothing the user planted (a symlink, a hard link) is ever followed. The walk
-is iterative and holds one or two descriptors at a time, so any depth is fine.
+is iterative and holds one or two descriptors at a time, so any depth is fine. It never enters another
+filesystem (a mount point inside is an error: the caller unmounts first).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def _remove_entry(pfd: int, name: str, path: Path, done: Removal) -> None:
         return
     except OSError as exc:
         raise StorageError(f"cannot open {path}: {exc.strerror}") from exc
+    if os.fstat(top).st_dev != os.fstat(pfd).st_dev:
+        os.close(top)
+        raise StorageError(f"{path} is a mount point; unmount it first")
     _walk(top, path, done)  # closes top
     try:
         os.rmdir(name, dir_fd=pfd)
@@ -149,6 +153,9 @@ def _walk(top: int, path: Path, done: Removal) -> None:
                     continue
                 except OSError as exc:
                     raise StorageError(f"cannot open {current / child}: {exc.strerror}") from exc
+                if os.fstat(sub).st_dev != identity[0]:  # only root mounts: never walk into a mount
+                    os.close(sub)
+                    raise StorageError(f"{current / child} is a mount point; unmount it first")
                 frames.append((child, identity, pending))
                 os.close(fd)
                 fd, current, pending = sub, current / child, []
