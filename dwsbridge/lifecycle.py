@@ -176,13 +176,15 @@ class Lifecycle:
         return self.backend.pools()
 
     def teardown(self, name: str, *, hurry: bool = False, quiet: bool = False) -> None:
-        """Walk to Teardown (with hurry if asked) and delete. Idempotent. A Teardown that ends in
-        Error (storage that could not be removed) leaves the workflow in Teardown, so it is never
-        forgotten while its storage remains; calling this again retries it. The error is raised
-        (unless `quiet`) so the WLM can report it and retry."""
+        """Walk to Teardown (with hurry if asked) and delete. Idempotent. On a backend that
+        `keeps_failed_teardown` (local: the workflow is the only record of its storage), a Teardown
+        ending in Error leaves the workflow in Teardown, never forgotten while its storage remains,
+        and calling this again retries it; elsewhere (DWS keeps its own storage records) the workflow
+        is deleted regardless. The error is raised (unless `quiet`) so the WLM can report it."""
         obj = self.backend.find(name)
         if obj is None:
             return
+        keep = bool(getattr(self.backend, "keeps_failed_teardown", False))
         failure: WorkflowFailed | None = None
         try:
             spec = obj["spec"]
@@ -195,7 +197,11 @@ class Lifecycle:
                 failure = WorkflowFailed(name, TEARDOWN, message)
         except WorkflowNotFound:
             return
-        if failure is not None:
+        except BaseException:
+            if not keep:
+                self.backend.delete(name)
+            raise
+        if failure is not None and keep:
             log.error(
                 "workflow=%s job=%s teardown failed; kept for a retry: %s",
                 name,
@@ -207,6 +213,8 @@ class Lifecycle:
             return
         self.backend.delete(name)
         log.info("workflow=%s teardown complete hurry=%s", name, hurry)
+        if failure is not None and not quiet:
+            raise failure
 
 
 __all__ = ["STATES", "Lifecycle", "WorkflowStatus", "make_backend", "workflow_name"]

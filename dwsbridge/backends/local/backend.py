@@ -43,6 +43,7 @@ def _now() -> str:
 class LocalBackend:
     name = "local"
     env_known_at = SETUP  # the driver fills status.env at Setup
+    keeps_failed_teardown = True  # a workflow is the only record of its storage: kept until it is gone
 
     def __init__(self, config: Config) -> None:
         self.config = config

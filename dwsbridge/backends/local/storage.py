@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_PENDING = 256  # subdirectories remembered per level (bounds memory on wide and deep trees)
+# Subdirectories remembered per level, and in all levels together: a wide directory is listed once
+# per _PENDING subdirectories (not once per subdirectory), and memory stays bounded on trees both
+# wide and deep.
+_PENDING = 65536
+_PENDING_TOTAL = 262144
+_PENDING_MIN = 16
 
 
 class StorageError(Exception):
@@ -135,7 +140,7 @@ def _walk(top: int, path: Path, done: Removal) -> None:
     """Empty the directory open as `top` (closing it), depth first, one open directory at a time.
 
     Each level above the current one keeps its name, its identity and the subdirectories still to
-    visit (at most _PENDING): going up opens ".." and checks it is the directory we came from (every
+    visit: going up opens ".." and checks it is the directory we came from (every
     level is locked, so nothing can have moved)."""
     frames: list[tuple[str, tuple[int, int], list[str]]] = []
     identity = _lock(top, path)
@@ -144,7 +149,8 @@ def _walk(top: int, path: Path, done: Removal) -> None:
     try:
         while True:
             if not pending:
-                pending = _scan(fd, current, done)
+                held = sum(len(frame[2]) for frame in frames)
+                pending = _scan(fd, current, done, max(_PENDING_MIN, min(_PENDING, _PENDING_TOTAL - held)))
             if pending:
                 child = pending.pop()
                 try:
@@ -179,8 +185,8 @@ def _walk(top: int, path: Path, done: Removal) -> None:
         os.close(fd)
 
 
-def _scan(fd: int, path: Path, done: Removal) -> list[str]:
-    """Unlink what is not a directory in the open directory; return up to _PENDING subdirectories
+def _scan(fd: int, path: Path, done: Removal, limit: int) -> list[str]:
+    """Unlink what is not a directory in the open directory; return up to `limit` subdirectories
     (none: the directory is empty)."""
     dirs: list[str] = []
     try:
@@ -188,7 +194,7 @@ def _scan(fd: int, path: Path, done: Removal) -> list[str]:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     dirs.append(entry.name)
-                    if len(dirs) >= _PENDING:
+                    if len(dirs) >= limit:
                         break
                     continue
                 try:
