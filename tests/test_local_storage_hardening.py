@@ -560,3 +560,34 @@ def test_create_persistent_without_a_capacity_is_refused_where_capacity_is_enfor
     path = persistent(plain, job_user, "unbounded", 95)
     assert not os.path.ismount(path)
     plain.teardown(destroy(plain, job_user, "unbounded", 96))
+
+
+def test_dwsbridge_persistent_reports_instances_and_usage_per_user(
+    world_tmp: Path, job_user: pwd.struct_passwd, other_user: pwd.struct_passwd
+) -> None:
+    import json
+
+    root = world_tmp / "root"
+    config_file = world_tmp / "config.yaml"
+    config_file.write_text(f"root: {root}\npool_size: 1GiB\npersistent_instances_per_user: 3\n")
+    lc = lifecycle(Config(root=root, pool_size=1024**3, persistent_instances_per_user=3))
+    persistent(lc, job_user, "p1", 97, capacity="2MiB")
+    persistent(lc, other_user, "p2", 98, capacity="1MiB")
+    cli = [sys.executable, "-m", "dwsbridge", "--config", str(config_file), "persistent"]
+    shown = json.loads(subprocess.run([*cli, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert [(i["name"], i["uid"], i["state"]) for i in shown["instances"]] == [
+        ("p1", job_user.pw_uid, "active"),
+        ("p2", other_user.pw_uid, "active"),
+    ]
+    users = {u["uid"]: u for u in shown["users"]}
+    assert users[job_user.pw_uid] == {
+        "uid": job_user.pw_uid,
+        "instances": 1,
+        "bytes": 2 * 1024**2,
+        "max_instances": 3,
+        "max_bytes": 1024**3 // 4,
+    }
+    table = subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+    assert "p2" in table and str(other_user.pw_uid) in table
+    lc.teardown(destroy(lc, job_user, "p1", 99))
+    lc.teardown(destroy(lc, other_user, "p2", 100))

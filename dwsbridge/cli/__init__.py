@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "dwsbridge.cli.admin",
     "dwsbridge.cli.slurm",
     "dwsbridge.cli.agent",
+    "dwsbridge.cli.storage",
 )
 
 EPILOG = """\
