@@ -591,3 +591,32 @@ def test_dwsbridge_persistent_reports_instances_and_usage_per_user(
     assert "p2" in table and str(other_user.pw_uid) in table
     lc.teardown(destroy(lc, job_user, "p1", 99))
     lc.teardown(destroy(lc, other_user, "p2", 100))
+
+
+def test_a_new_job_whose_id_names_a_workflow_still_in_teardown_is_told_why_at_setup(
+    dir_config: Config, world_tmp: Path, job_user: pwd.struct_passwd
+) -> None:
+    """A job-ID wrap onto a workflow whose storage could not be removed yet: the new job is held with
+    the reason; nothing of the old workflow's storage is handed to it."""
+    from dwsbridge.slurm import SlurmHooks, run_hook
+
+    lc = lifecycle(dir_config)
+    wf = create(lc, job_user, ["#DW jobdw type=xfs capacity=1MiB name=scratch"], 77)
+    lc.walk(wf, ["Setup"])
+    scratch = Path(lc.environment(wf)["DW_JOB_scratch"])
+    assert run_as(job_user, "touch", str(scratch / "stuck")).returncode == 0
+    job_script = world_tmp / "job.sh"
+    job_script.write_bytes(
+        b"#!/bin/bash\n#DW jobdw type=xfs capacity=1MiB name=scratch pool=dws\nhostname\n\0"
+    )
+    args = ["77", str(job_user.pw_uid), str(job_user.pw_gid), "dws", str(1024**2), str(job_script)]
+    with immutable(scratch / "stuck"):
+        with pytest.raises(WorkflowFailed):
+            lc.teardown(wf)
+        result = run_hook(SlurmHooks(dir_config), "setup", args)
+        assert not result.ok
+        assert "an earlier workflow of job ID 77 is still being torn down" in result.payload
+        assert "storage remains" in result.payload
+    lc.teardown(wf)
+    assert run_hook(SlurmHooks(dir_config), "setup", args).ok
+    lc.teardown(wf)

@@ -569,6 +569,8 @@ class LocalDriver:
         self.ensure_layout()
         claimed: list[Path] = []
         for image in sorted(os.listdir(self.images_dir)):
+            if not image.endswith(".img") or image.count(".") < 2:
+                continue
             kind, owner = image.split(".")[:2]
             with self.store.transaction() as conn:
                 if (self._has_workflow if kind == "jobs" else self._has_instance)(conn, owner):
