@@ -620,3 +620,23 @@ def test_a_new_job_whose_id_names_a_workflow_still_in_teardown_is_told_why_at_se
     lc.teardown(wf)
     assert run_hook(SlurmHooks(dir_config), "setup", args).ok
     lc.teardown(wf)
+
+
+def test_removing_a_deep_tree_holds_a_bounded_number_of_descriptors(world_tmp: Path) -> None:
+    """2,000 levels removed by a process allowed only 24 open files (Python itself holds a few)."""
+    top = world_tmp / "deep"
+    top.mkdir()
+    child = (
+        "import os, resource, sys\n"
+        "from pathlib import Path\n"
+        "from dwsbridge.backends.local.storage import remove_tree\n"
+        "top = Path(sys.argv[1])\n"
+        "os.chdir(top)\n"
+        "for _ in range(2000):\n"
+        "    os.mkdir('d'); os.chdir('d'); open('f', 'w').close()\n"
+        "os.chdir('/')\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))\n"
+        "remove_tree(top)\n"
+    )
+    subprocess.run([sys.executable, "-c", child, str(top)], check=True)
+    assert not top.exists()

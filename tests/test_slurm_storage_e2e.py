@@ -94,7 +94,9 @@ def cluster() -> Iterator[Cluster]:
 
 
 def create_persistent(cluster: Cluster, user: pwd.struct_passwd, name: str) -> None:
-    job, _ = cluster.submit_as(user, f"create-{name}", "true", f"#DW create_persistent type=xfs name={name}")
+    job, _ = cluster.submit_as(
+        user, f"create-{name}", "true", f"#DW create_persistent type=xfs capacity=64MiB name={name} pool=dws"
+    )
     assert cluster.finish(job) == "COMPLETED"
 
 

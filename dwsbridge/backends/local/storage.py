@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,14 +126,14 @@ def _unlink_non_dir(dfd: int, name: str, path: Path) -> bool:
     return True
 
 
-def _lock(fd: int, path: Path) -> tuple[int, int]:
+def _lock(fd: int, where: Callable[[], Path]) -> tuple[int, int]:
     """Take the directory from its user (root-owned, mode 0): no one but root can add entries now."""
     try:
         os.fchown(fd, 0, 0)
         os.fchmod(fd, 0)
         st = os.fstat(fd)
     except OSError as exc:
-        raise StorageError(f"cannot lock {path} for removal: {exc.strerror}") from exc
+        raise StorageError(f"cannot lock {where()} for removal: {exc.strerror}") from exc
     return st.st_dev, st.st_ino
 
 
@@ -140,17 +141,23 @@ def _walk(top: int, path: Path, done: Removal) -> None:
     """Empty the directory open as `top` (closing it), depth first, one open directory at a time.
 
     Each level above the current one keeps its name, its identity and the subdirectories still to
-    visit: going up opens ".." and checks it is the directory we came from (every
-    level is locked, so nothing can have moved)."""
+    visit: going up opens ".." and checks it is the directory we came from (every level is locked, so
+    nothing can have moved). Paths are built only for error messages (a deep walk stays linear)."""
     frames: list[tuple[str, tuple[int, int], list[str]]] = []
-    identity = _lock(top, path)
-    fd, current = top, path
+    held = 0  # subdirectory names the frames hold
+    fd = top
     pending: list[str] = []
+
+    def where(*more: str) -> Path:
+        return path.joinpath(*(frame[0] for frame in frames), *more)
+
+    identity = _lock(top, where)
+
     try:
         while True:
             if not pending:
-                held = sum(len(frame[2]) for frame in frames)
-                pending = _scan(fd, current, done, max(_PENDING_MIN, min(_PENDING, _PENDING_TOTAL - held)))
+                limit = max(_PENDING_MIN, min(_PENDING, _PENDING_TOTAL - held))
+                pending = _scan(fd, where, done, limit)
             if pending:
                 child = pending.pop()
                 try:
@@ -158,34 +165,36 @@ def _walk(top: int, path: Path, done: Removal) -> None:
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
-                    raise StorageError(f"cannot open {current / child}: {exc.strerror}") from exc
+                    raise StorageError(f"cannot open {where(child)}: {exc.strerror}") from exc
                 if os.fstat(sub).st_dev != identity[0]:  # only root mounts: never walk into a mount
                     os.close(sub)
-                    raise StorageError(f"{current / child} is a mount point; unmount it first")
+                    raise StorageError(f"{where(child)} is a mount point; unmount it first")
                 frames.append((child, identity, pending))
+                held += len(pending)
                 os.close(fd)
-                fd, current, pending = sub, current / child, []
-                identity = _lock(fd, current)
+                fd, pending = sub, []
+                identity = _lock(fd, where)
                 continue
             if not frames:
                 return
             name, identity, pending = frames.pop()
+            held -= len(pending)
             up = os.open("..", _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
-            fd, current = up, current.parent
+            fd = up
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != identity:
-                raise StorageError(f"{current} changed during its removal; stopped")
+                raise StorageError(f"{where()} changed during its removal; stopped")
             try:
                 os.rmdir(name, dir_fd=fd)
             except OSError as exc:
-                raise StorageError(f"cannot remove {current / name}: {exc.strerror}") from exc
+                raise StorageError(f"cannot remove {where(name)}: {exc.strerror}") from exc
             done.entries += 1
     finally:
         os.close(fd)
 
 
-def _scan(fd: int, path: Path, done: Removal, limit: int) -> list[str]:
+def _scan(fd: int, where: Callable[..., Path], done: Removal, limit: int) -> list[str]:
     """Unlink what is not a directory in the open directory; return up to `limit` subdirectories
     (none: the directory is empty)."""
     dirs: list[str] = []
@@ -202,8 +211,8 @@ def _scan(fd: int, path: Path, done: Removal, limit: int) -> list[str]:
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
-                    raise StorageError(f"cannot remove {path / entry.name}: {exc.strerror}") from exc
+                    raise StorageError(f"cannot remove {where(entry.name)}: {exc.strerror}") from exc
                 done.entries += 1
     except OSError as exc:
-        raise StorageError(f"cannot list {path}: {exc.strerror}") from exc
+        raise StorageError(f"cannot list {where()}: {exc.strerror}") from exc
     return dirs
