@@ -32,6 +32,10 @@ def commands(quick: bool, write: bool) -> dict[str, list[str]]:
             *([] if write else ["--no-write"]),
         ],
         "bench_kubernetes": [*(["--repeat", "3"] if quick else []), *([] if write else ["--no-write"])],
+        "bench_storage": [
+            *(["--dirs", "20000", "--repeat", "5"] if quick else []),
+            *([] if write else ["--no-write"]),
+        ],
     }
 
 
@@ -45,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in commands(args.quick, not args.no_write).items():
         if args.only and name not in args.only:
             continue
-        if name == "bench_slurm" and os.geteuid() != 0:
-            print(f"== {name}: skipped (runs the Slurm test cluster: needs root)", flush=True)
+        if name in ("bench_slurm", "bench_storage") and os.geteuid() != 0:
+            print(
+                f"== {name}: skipped (runs the Slurm test cluster or mounts storage: needs root)", flush=True
+            )
             continue
         command = [sys.executable, "-m", f"bench.{name}", *extra]
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
