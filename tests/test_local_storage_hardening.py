@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -640,3 +641,33 @@ def test_removing_a_deep_tree_holds_a_bounded_number_of_descriptors(world_tmp: P
     )
     subprocess.run([sys.executable, "-c", child, str(top)], check=True)
     assert not top.exists()
+
+
+def test_storage_cannot_fill_the_filesystem_of_the_state_database(
+    world_tmp: Path, job_user: pwd.struct_passwd
+) -> None:
+    """The local root on a 64 MiB filesystem of its own: a promise made at Proposal is kept for its
+    Setup, and a job writing past its capacity stops at it while the database stays writable."""
+    image, fs = world_tmp / "state-fs.img", world_tmp / "state-fs"
+    fs.mkdir()
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(fs)], check=True)
+    os.chmod(fs, 0o755)
+    lc = lifecycle(Config(root=fs / "root"))
+    half = shutil.disk_usage(fs).free * 6 // 10 // 1024**2
+    directive = f"#DW jobdw type=xfs capacity={half}MiB name=scratch"
+    first = create(lc, job_user, [directive], 110)
+    with pytest.raises(WorkflowFailed, match="are available"):
+        create(lc, job_user, [directive], 111)  # the first job's space is promised, not yet taken
+    lc.walk(first, ["Setup"])
+    scratch = Path(lc.environment(first)["DW_JOB_scratch"])
+    fill = run_as(job_user, "dd", "if=/dev/zero", f"of={scratch}/big", "bs=1M", "count=128")
+    assert "No space left on device" in fill.stderr
+    assert shutil.disk_usage(fs).free > 1024**2  # what the database needs is still there
+    small = create(lc, job_user, ["#DW jobdw type=xfs capacity=1MiB name=scratch"], 112)
+    lc.walk(small, MIDDLE)
+    lc.teardown(small)
+    lc.teardown(first)
+    second = create(lc, job_user, [directive], 111)
+    lc.teardown(second)

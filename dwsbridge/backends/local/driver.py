@@ -21,11 +21,26 @@ from dwsbridge.backends.local import loopfs
 from dwsbridge.backends.local.storage import StorageError, make_private_dir, remove_tree
 from dwsbridge.backends.local.store import Store, is_alive
 from dwsbridge.config import Config, parse_size
-from dwsbridge.workflow import DATA_IN, DATA_OUT, POST_RUN, PRE_RUN, PROPOSAL, SETUP, TEARDOWN
+from dwsbridge.workflow import (
+    DATA_IN,
+    DATA_OUT,
+    POST_RUN,
+    PRE_RUN,
+    PROPOSAL,
+    SETUP,
+    TEARDOWN,
+    is_state_complete,
+)
 
 log = logging.getLogger("dwsbridge.local")
 
 STORAGE_TYPES_WITH_FS = ("xfs", "gfs2", "lustre")
+
+
+def state_headroom(total: int) -> int:
+    """Space never promised to storage, so the filesystem of state.db cannot be filled by it: 1% of
+    the filesystem, at most 1 GiB."""
+    return min(total // 100, 1024**3)
 
 
 class DriverError(Exception):
@@ -226,14 +241,31 @@ class LocalDriver:
                 f" {limit} bytes per job"
             )
         usage = shutil.disk_usage(self.root)
+        free = usage.free
+        if self.enforced:  # allocations take their space at Setup: leave what Proposals promised
+            free -= self._promised_not_allocated(exclude=name) + state_headroom(usage.total)
         pool = self.config.pool_size
         reserved = self.store.reserved_capacity(exclude=name)
-        available = usage.free if pool is None else min(usage.free, pool - reserved)
+        available = free if pool is None else min(free, pool - reserved)
         if capacity > available:
             raise DriverError(
                 f"workflow {name} asks for {capacity} bytes of storage but only {max(available, 0)} bytes"
                 " are available"
             )
+
+    def _promised_not_allocated(self, exclude: str) -> int:
+        """Capacity of workflows past Proposal whose Setup has not yet preallocated it."""
+        total = 0
+        for obj in self.store.list_workflows():
+            status = obj.get("status") or {}
+            done = SETUP in (status.get("completedStates") or []) or is_state_complete(obj, SETUP)
+            if (
+                obj["metadata"]["name"] != exclude
+                and obj["spec"]["desiredState"] in (PROPOSAL, SETUP)
+                and not done
+            ):
+                total += int(status.get("capacity", 0))
+        return total
 
     # --- Setup -----------------------------------------------------------------------------
     def setup(self, obj: dict[str, Any]) -> dict[str, Any]:
