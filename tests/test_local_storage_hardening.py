@@ -551,6 +551,15 @@ def test_a_persistent_instance_keeps_its_capacity_and_its_data_across_an_unmount
     assert os.listdir(local_config.root / "storage" / "images") == []
 
 
+def test_a_capacity_too_small_for_a_filesystem_is_refused_at_proposal(
+    local_config: Config, job_user: pwd.struct_passwd
+) -> None:
+    lc = lifecycle(local_config)
+    with pytest.raises(WorkflowFailed, match=r"Proposal failed: .*capacity must be at least 1MiB here"):
+        create(lc, job_user, ["#DW jobdw type=xfs capacity=64KiB name=scratch"], 89)
+    assert not lc.exists("bb89")
+
+
 def test_create_persistent_without_a_capacity_is_refused_where_capacity_is_enforced(
     local_config: Config, job_user: pwd.struct_passwd
 ) -> None:

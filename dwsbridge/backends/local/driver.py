@@ -148,6 +148,11 @@ class LocalDriver:
         for d in self.directives(obj):
             if d.command in ("jobdw", "create_persistent") and d.arg("capacity"):
                 capacity += parse_size(d.arg("capacity"))
+                if self.enforced and parse_size(d.arg("capacity")) < loopfs.MIN_CAPACITY:
+                    raise DriverError(
+                        f"{d.text}: capacity must be at least 1MiB here: each allocation is a filesystem"
+                        " of its capacity (storage_enforcement: loop)"
+                    )
             if d.command == "persistentdw":
                 self.usable_persistent(d, uid, gid)
             elif d.command == "create_persistent":

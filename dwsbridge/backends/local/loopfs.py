@@ -27,6 +27,7 @@ from dwsbridge.backends.local.storage import StorageError
 log = logging.getLogger("dwsbridge.local")
 
 MNT_DETACH = 2
+MIN_CAPACITY = 1024**2  # below this ext4 has hardly room for itself (mkfs refuses under 128 KiB)
 _MKFS_TIMEOUT = 300.0
 
 
@@ -45,8 +46,10 @@ def _tool(name: str) -> str:
 def make_filesystem(image: Path, mountpoint: Path, capacity: int, uid: int, gid: int) -> None:
     """Create `image` (it must not exist) of `capacity` bytes, format it and mount it at `mountpoint`
     (an existing empty directory). On failure nothing is left mounted and the image is gone."""
-    if capacity <= 0:
-        raise StorageError(f"{mountpoint}: a capacity is needed to make its filesystem")
+    if capacity < MIN_CAPACITY:
+        raise StorageError(
+            f"a filesystem needs a capacity of at least {MIN_CAPACITY // 1024**2}MiB, not {capacity} bytes"
+        )
     try:
         fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
