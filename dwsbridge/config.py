@@ -35,6 +35,7 @@ class Config:
     persistent_sharing: str = "owner"
     persistent_instances_per_user: int = 4
     persistent_capacity_per_user: int | None = None
+    persistent_default_capacity: int = 1024**3  # a create_persistent without capacity= gets this much
     # local backend: how capacity= is enforced: "loop" (an ext4 filesystem of that size per allocation,
     # loop-mounted; needs root with CAP_SYS_ADMIN and loop devices) or "none" (plain directories, the
     # capacity only accounted)
@@ -144,7 +145,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     try:
         if key in _PATH_FIELDS:
             return Path(str(value))
-        if key in ("pool_size", "capacity_limit", "pool_granularity", "persistent_capacity_per_user"):
+        if key in (
+            "pool_size",
+            "capacity_limit",
+            "pool_granularity",
+            "persistent_capacity_per_user",
+            "persistent_default_capacity",
+        ):
             return parse_size(value)
         if key == "persistent_instances_per_user":
             if isinstance(value, bool) or int(value) < 0:

@@ -560,16 +560,24 @@ def test_a_capacity_too_small_for_a_filesystem_is_refused_at_proposal(
     assert not lc.exists("bb89")
 
 
-def test_create_persistent_without_a_capacity_is_refused_where_capacity_is_enforced(
+def test_create_persistent_without_a_capacity_gets_a_filesystem_of_the_default_size(
     local_config: Config, job_user: pwd.struct_passwd
 ) -> None:
-    lc = lifecycle(local_config)
-    with pytest.raises(WorkflowFailed, match=r"give it a capacity=.*storage_enforcement: loop"):
-        create(lc, job_user, ["#DW create_persistent type=xfs name=unbounded"], 94)
-    plain = lifecycle(dataclasses.replace(local_config, storage_enforcement="none"))
-    path = persistent(plain, job_user, "unbounded", 95)
-    assert not os.path.ismount(path)
-    plain.teardown(destroy(plain, job_user, "unbounded", 96))
+    config = dataclasses.replace(local_config, persistent_default_capacity=8 * 1024**2)
+    lc = lifecycle(config)
+    path = persistent_without_capacity(lc, job_user, "sized", 95)
+    assert os.path.ismount(path)
+    assert lc.backend.store.get_persistent("sized")["capacity"] == 8 * 1024**2  # type: ignore[attr-defined]
+    fill = run_as(job_user, "dd", "if=/dev/zero", f"of={path}/big", "bs=1M", "count=32")
+    assert fill.returncode != 0 and "No space left on device" in fill.stderr
+    lc.teardown(destroy(lc, job_user, "sized", 96))
+
+
+def persistent_without_capacity(lc: Lifecycle, user: pwd.struct_passwd, name: str, job_id: int) -> Path:
+    wf = create(lc, user, [f"#DW create_persistent type=xfs name={name}"], job_id)
+    lc.walk(wf, MIDDLE)
+    lc.teardown(wf)
+    return Path(lc.backend.store.get_persistent(name)["path"])  # type: ignore[attr-defined]
 
 
 def test_dwsbridge_persistent_reports_instances_and_usage_per_user(

@@ -146,9 +146,9 @@ class LocalDriver:
         uid, gid = int(obj["spec"]["userID"]), int(obj["spec"]["groupID"])
         capacity = 0
         for d in self.directives(obj):
-            if d.command in ("jobdw", "create_persistent") and d.arg("capacity"):
-                capacity += parse_size(d.arg("capacity"))
-                if self.enforced and parse_size(d.arg("capacity")) < loopfs.MIN_CAPACITY:
+            if d.command in ("jobdw", "create_persistent"):
+                capacity += self.capacity_of(d)
+                if self.enforced and self.capacity_of(d) < loopfs.MIN_CAPACITY:
                     raise DriverError(
                         f"{d.text}: capacity must be at least 1MiB here: each allocation is a filesystem"
                         " of its capacity (storage_enforcement: loop)"
@@ -158,11 +158,6 @@ class LocalDriver:
             elif d.command == "create_persistent":
                 if self.store.get_persistent(d.arg("name")):
                     raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' already exists")
-                if self.enforced and not d.arg("capacity"):
-                    raise DriverError(
-                        f"{d.text}: give it a capacity= (this site gives each persistent instance a"
-                        " filesystem of its capacity: storage_enforcement: loop)"
-                    )
                 self.check_persistent_limits(d, uid)
             elif d.command == "destroy_persistent":
                 record = self.store.get_persistent(d.arg("name"))
@@ -170,6 +165,13 @@ class LocalDriver:
                     self.check_owner(d, record, uid)
         self.reserve_capacity(obj["metadata"]["name"], capacity)
         return {"capacity": capacity}
+
+    def capacity_of(self, d: ParsedDirective) -> int:
+        """A jobdw's capacity; a create_persistent's, or persistent_default_capacity without one (DWS
+        accepts none; here every instance has a size, so it can be enforced and counted)."""
+        if d.arg("capacity"):
+            return parse_size(d.arg("capacity"))
+        return self.config.persistent_default_capacity if d.command == "create_persistent" else 0
 
     def usable_persistent(self, d: ParsedDirective, uid: int, gid: int) -> dict[str, Any]:
         """The instance a persistentdw names, if this job's user may use it (persistent_sharing)."""
@@ -221,7 +223,7 @@ class LocalDriver:
         limit = self.config.persistent_capacity_per_user
         if limit is None:
             limit = self.pool_bytes() // 4
-        wanted = parse_size(d.arg("capacity")) if d.arg("capacity") else 0
+        wanted = self.capacity_of(d)
         if used + wanted > limit:
             raise DriverError(
                 f"{d.text}: uid {uid} holds {used} bytes of persistent storage; {wanted} more would pass"
@@ -341,7 +343,7 @@ class LocalDriver:
             return self._fresh_dir(parent, d.arg("name"), uid, gid)
         path = self._fresh_dir(parent, d.arg("name"), 0, 0)  # the mount point: root's, empty
         try:
-            loopfs.make_filesystem(self.images_dir / image, path, parse_size(d.arg("capacity")), uid, gid)
+            loopfs.make_filesystem(self.images_dir / image, path, self.capacity_of(d), uid, gid)
         except StorageError as exc:
             raise DriverError(
                 f"{d.text}: cannot give it a filesystem of its capacity: {exc} (a site where loop mounts"
@@ -376,7 +378,7 @@ class LocalDriver:
         comes first and its name is unique, so no two jobs ever make (or share) one directory."""
         name = d.arg("name")
         path = self.persistent_dir / name
-        capacity = parse_size(d.arg("capacity")) if d.arg("capacity") else 0
+        capacity = self.capacity_of(d)
         record = {
             "name": name,
             "uid": uid,
