@@ -25,6 +25,7 @@ NEEDS_ROOT = {
     "bench_slurm": "runs the Slurm test cluster",
     "bench_flux": "runs a real Flux with a root service",
     "bench_nnfdm": "runs clients as an ordinary user",
+    "bench_storage": "mounts storage",
 }
 
 
@@ -50,6 +51,10 @@ def commands(quick: bool, write: bool) -> dict[str, list[str]]:
             *([] if write else ["--no-write"]),
         ],
         "bench_directives": [*(["--runs", "11"] if quick else []), *([] if write else ["--no-write"])],
+        "bench_storage": [
+            *(["--dirs", "20000", "--repeat", "5"] if quick else []),
+            *([] if write else ["--no-write"]),
+        ],
     }
 
 
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if name in NEEDS_ROOT and os.geteuid() != 0:
             print(f"== {name}: skipped ({NEEDS_ROOT[name]}: needs root)", flush=True)
+        if name in ("bench_slurm", "bench_storage") and os.geteuid() != 0:
+            print(
+                f"== {name}: skipped (runs the Slurm test cluster or mounts storage: needs root)", flush=True
+            )
             continue
         command = [sys.executable, "-m", f"bench.{name}", *extra]
         print(f"== {name}: {' '.join(command[1:])}", flush=True)

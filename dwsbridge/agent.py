@@ -402,6 +402,9 @@ class Agent:
             try:
                 for name in orphans.sweep(lifecycle, min_age=interval):
                     _stderr_line(f"dwsbridge agent: tore down orphaned workflow {name}")
+                sweep_storage = getattr(lifecycle.backend, "sweep_storage", None)  # local backend only
+                for path in sweep_storage() if sweep_storage is not None else ():
+                    _stderr_line(f"dwsbridge agent: removed storage no workflow owns: {path}")
             except Exception as exc:  # the sweep is a safety net: it must never stop the agent
                 _stderr_line(f"dwsbridge agent: orphan sweep failed: {exc!r}")
             finally:

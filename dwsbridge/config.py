@@ -32,6 +32,17 @@ class Config:
     pool_size: int | None = None  # bytes; None = size the pool from the local storage
     pool_granularity: int = 1
     capacity_limit: int | None = None  # bytes per workflow; None = free space only
+    # local backend, persistent instances: who may use one with persistentdw ("owner", "group": the
+    # same group ID, "all"), and how many instances and bytes one user may hold (None = a quarter of
+    # the pool)
+    persistent_sharing: str = "owner"
+    persistent_instances_per_user: int = 4
+    persistent_capacity_per_user: int | None = None
+    persistent_default_capacity: int = 1024**3  # a create_persistent without capacity= gets this much
+    # local backend: how capacity= is enforced: "loop" (an ext4 filesystem of that size per allocation,
+    # loop-mounted; needs root with CAP_SYS_ADMIN and loop devices) or "none" (plain directories, the
+    # capacity only accounted)
+    storage_enforcement: str = "loop"
     state_timeout: float = 300.0  # seconds to wait for a state before giving up
     transient_timeout: float = 60.0  # seconds a TransientCondition may last before it is fatal
     # Slurm agent: how often to tear down workflows whose job Slurm has forgotten (0 = never)
@@ -82,6 +93,8 @@ _PATH_FIELDS = {
 
 
 _LIMIT_FIELDS = ("max_directives", "max_directive_bytes", "max_errors")
+PERSISTENT_SHARING = ("owner", "group", "all")
+STORAGE_ENFORCEMENT = ("loop", "none")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
@@ -127,6 +140,16 @@ def _build(data: dict[str, Any], source: str) -> Config:
     cfg = Config(**kwargs)
     if cfg.backend not in ("local", "kubernetes"):
         raise ConfigError(f"{source}: backend must be 'local' or 'kubernetes', not {cfg.backend!r}")
+    if cfg.storage_enforcement not in STORAGE_ENFORCEMENT:
+        raise ConfigError(
+            f"{source}: storage_enforcement must be one of {', '.join(STORAGE_ENFORCEMENT)},"
+            f" not {cfg.storage_enforcement!r}"
+        )
+    if cfg.persistent_sharing not in PERSISTENT_SHARING:
+        raise ConfigError(
+            f"{source}: persistent_sharing must be one of {', '.join(PERSISTENT_SHARING)},"
+            f" not {cfg.persistent_sharing!r}"
+        )
     return cfg
 
 
@@ -136,8 +159,18 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     try:
         if key in _PATH_FIELDS:
             return Path(str(value))
-        if key in ("pool_size", "capacity_limit", "pool_granularity"):
+        if key in (
+            "pool_size",
+            "capacity_limit",
+            "pool_granularity",
+            "persistent_capacity_per_user",
+            "persistent_default_capacity",
+        ):
             return parse_size(value)
+        if key == "persistent_instances_per_user":
+            if isinstance(value, bool) or int(value) < 0:
+                raise ValueError("must be a count of 0 or more")
+            return int(value)
         if key in ("state_timeout", "transient_timeout", "orphan_sweep_interval"):
             return float(value)
         if key in _LIMIT_FIELDS:

@@ -176,24 +176,42 @@ class Lifecycle:
         return self.backend.pools()
 
     def teardown(self, name: str, *, hurry: bool = False, quiet: bool = False) -> None:
-        """Walk to Teardown (with hurry if asked) and delete. Idempotent; the workflow always ends
-        gone. A teardown driver error is raised after the deletion so the WLM can report it."""
+        """Walk to Teardown (with hurry if asked) and delete. Idempotent. On a backend that
+        `keeps_failed_teardown` (local: the workflow is the only record of its storage), a Teardown
+        ending in Error leaves the workflow in Teardown, never forgotten while its storage remains,
+        and calling this again retries it; elsewhere (DWS keeps its own storage records) the workflow
+        is deleted regardless. The error is raised (unless `quiet`) so the WLM can report it."""
         obj = self.backend.find(name)
         if obj is None:
             return
+        keep = bool(getattr(self.backend, "keeps_failed_teardown", False))
         failure: WorkflowFailed | None = None
         try:
             spec = obj["spec"]
-            if spec["desiredState"] != TEARDOWN or (hurry and not spec.get("hurry")):
+            if spec["desiredState"] != TEARDOWN or (hurry and not spec.get("hurry")) or is_failed(obj):
                 obj = self.backend.update_desired_state(name, TEARDOWN, hurry=hurry)
             if not is_state_complete(obj, TEARDOWN):
                 obj = self.backend.wait_for(name, TEARDOWN, timeout=self.config.state_timeout)
-            if is_failed(obj):
-                failure = WorkflowFailed(name, TEARDOWN, (obj.get("status") or {}).get("message", ""))
+            if is_failed(obj) or not is_state_complete(obj, TEARDOWN):
+                message = (obj.get("status") or {}).get("message", "") or "teardown did not complete"
+                failure = WorkflowFailed(name, TEARDOWN, message)
         except WorkflowNotFound:
             return
-        finally:
-            self.backend.delete(name)
+        except BaseException:
+            if not keep:
+                self.backend.delete(name)
+            raise
+        if failure is not None and keep:
+            log.error(
+                "workflow=%s job=%s teardown failed; kept for a retry: %s",
+                name,
+                obj["spec"]["jobID"],
+                failure,
+            )
+            if not quiet:
+                raise failure
+            return
+        self.backend.delete(name)
         log.info("workflow=%s teardown complete hurry=%s", name, hurry)
         if failure is not None and not quiet:
             raise failure

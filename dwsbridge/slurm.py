@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from dwsbridge.errors import AdmissionError, DwsBridgeError
+from dwsbridge.errors import AdmissionError, DwsBridgeError, WorkflowFailed
 
 # Not `from typing import TYPE_CHECKING`: `typing` (with `re`) costs ~8 ms of every hook process,
 # and the hook path to the bridge agent must stay minimal (mypy treats this name the same way).
@@ -325,6 +325,7 @@ class SlurmHooks:
 
         pools = [
             {"id": p.name, "quantity": int(p.quantity), "granularity": int(p.granularity)}
+            | ({} if p.free is None else {"free": int(p.free)})  # space held outside Slurm's jobs
             for p in self.lifecycle.pools()
         ]
         return success(json.dumps({"pools": pools}, separators=(",", ":")))
@@ -370,6 +371,13 @@ class SlurmHooks:
         lc = self.lifecycle
         if lc.exists(name):
             self._reuse_or_clear(name, job, user)
+            left = lc.status(name) if lc.exists(name) else None
+            if left is not None and left.desired == "Teardown":  # its storage could not be removed yet
+                raise WorkflowFailed(
+                    name,
+                    "Setup",
+                    f"an earlier workflow of job ID {job} is still being torn down: {left.message}",
+                )
         if not lc.exists(name):
             lc.create(wlm=WLM, job_id=job, uid=user, gid=group, directives=directives)
         log().info(

@@ -38,7 +38,18 @@ def world_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="dwsbt-", dir="/tmp"))
     os.chmod(path, 0o755)
     yield path
+    unmount_under(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def unmount_under(path: Path) -> None:
+    """Detach what a test left mounted below `path` (the local backend's per-allocation filesystems
+    of a persistent instance the test did not destroy), so that removing `path` cannot leak them."""
+    prefix = str(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as mounts:
+        points = [line.split()[4].replace("\\040", " ") for line in mounts]
+    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -98,7 +98,8 @@ def test_job_process_fails_clearly_on_an_unreadable_script(hooks: SlurmHooks, tm
 def test_pools_reports_the_configured_pool_as_json(hooks: SlurmHooks) -> None:
     result = call(hooks, "pools")
     assert result.ok
-    assert json.loads(result.payload) == {"pools": [{"id": "dws", "quantity": 2 * 1024**4, "granularity": 1}]}
+    pool = {"id": "dws", "quantity": 2 * 1024**4, "granularity": 1, "free": 2 * 1024**4}
+    assert json.loads(result.payload) == {"pools": [pool]}
 
 
 def test_pools_sizes_from_local_storage_by_default(tmp_path: Path) -> None:
@@ -360,7 +361,12 @@ def test_module_entry_prints_payload_then_status(config_file: Path) -> None:
     proc = run_bridge(config_file, "pools")
     assert proc.returncode == 0
     payload, status = proc.stdout.rsplit("\n", 2)[:2]
-    assert json.loads(payload)["pools"][0] == {"id": "fast", "quantity": 1024**3, "granularity": 1}
+    assert json.loads(payload)["pools"][0] == {
+        "id": "fast",
+        "quantity": 1024**3,
+        "granularity": 1,
+        "free": 1024**3,
+    }
     assert status == f"@@DWSBRIDGE rc=0 len={len(payload)}"
 
 

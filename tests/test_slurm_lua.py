@@ -444,7 +444,9 @@ def real_bridge(tmp_path: Path) -> Shim:
 def test_real_bridge_reports_pools(real_bridge: Shim) -> None:
     n, rc, payload = real_bridge.call("slurm_bb_pools")
     assert (n, rc) == (2, SUCCESS)
-    assert json.loads(payload) == {"pools": [{"id": "dws", "quantity": 1024**4, "granularity": 1}]}
+    assert json.loads(payload) == {
+        "pools": [{"id": "dws", "quantity": 1024**4, "granularity": 1, "free": 1024**4}]
+    }
     assert any(line.startswith("dwsbridge/lua: pools job=- rc=success") for line in real_bridge.logs)
 
 

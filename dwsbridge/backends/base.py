@@ -15,6 +15,7 @@ class Pool:
     name: str
     quantity: int
     granularity: int = 1
+    free: int | None = None  # what Slurm may still give its jobs (quantity less what outlives jobs)
 
 
 class Backend(Protocol):

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "dwsbridge.cli.slurm",
     "dwsbridge.cli.flux",
     "dwsbridge.cli.agent",
+    "dwsbridge.cli.storage",
 )
 
 EPILOG = """\

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import json
 import logging
 import os
-import shutil
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from dwsbridge.backends.base import Pool
@@ -41,6 +43,7 @@ def _now() -> str:
 class LocalBackend:
     name = "local"
     env_known_at = SETUP  # the driver fills status.env at Setup
+    keeps_failed_teardown = True  # a workflow is the only record of its storage: kept until it is gone
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -117,9 +120,10 @@ class LocalBackend:
                 raise WorkflowNotFound(f"workflow {name} not found")
             new = advanced(old, state, hurry=hurry)
             check_update(old, new)
-            if state != old["spec"]["desiredState"]:
+            retry = state == TEARDOWN == old["spec"]["desiredState"] and is_failed(old)
+            if state != old["spec"]["desiredState"] or retry:
                 completed = list(old["status"].get("completedStates") or [])
-                if is_state_complete(old, old["spec"]["desiredState"]):
+                if not retry and is_state_complete(old, old["spec"]["desiredState"]):
                     completed.append(old["spec"]["desiredState"])
                 new["status"].update(
                     state=state,
@@ -231,8 +235,49 @@ class LocalBackend:
             self.store.write_workflow(conn, obj)
 
     def pools(self) -> builtins.list[Pool]:
-        size = self.config.pool_size
-        if size is None:
-            self.config.root.mkdir(parents=True, exist_ok=True)
-            size = shutil.disk_usage(self.config.root).total
-        return [Pool(self.config.pool_name, int(size), self.config.pool_granularity)]
+        """The pool, with `free` less what persistent instances hold (Slurm tracks only its jobs).
+        This runs inside slurmctld: it waits at most a second for the database and otherwise answers
+        with the last answer it gave (kept in <root>/pools.json)."""
+        quantity = self.driver.pool_bytes()
+        cache = self.config.root / "pools.json"
+        try:
+            with self.store.patience(1.0):
+                usage = self.store.persistent_usage()
+        except sqlite3.OperationalError as exc:
+            log.warning("pools: the state database is busy (%s); answering from %s", exc, cache)
+            return [self._pool(quantity, _read_cached_persistent(cache))]
+        held = sum(capacity for _count, capacity in usage.values())
+        _write_cached_persistent(cache, held)
+        return [self._pool(quantity, held)]
+
+    def _pool(self, quantity: int, persistent: int | None) -> Pool:
+        free = None if persistent is None else max(quantity - persistent, 0)
+        return Pool(self.config.pool_name, int(quantity), self.config.pool_granularity, free)
+
+    def persistent_usage(self) -> dict[int, tuple[int, int]]:
+        """uid -> (instances, bytes) of persistent storage (for `dwsbridge persistent`)."""
+        return self.store.persistent_usage()
+
+    def persistent_instances(self) -> builtins.list[dict[str, Any]]:
+        return self.store.list_persistent()
+
+    def sweep_storage(self) -> builtins.list[str]:
+        """Remove storage no workflow or instance owns (the bridge agent runs this periodically)."""
+        return [str(p) for p in self.driver.sweep_storage()]
+
+
+def _read_cached_persistent(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["persistent_bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cached_persistent(path: Path, held: int) -> None:
+    """Atomically, so a concurrent reader sees the old or the new answer, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"persistent_bytes": held, "at": time.time()}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("pools: cannot write %s: %s", path, exc)

@@ -17,13 +17,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dwsbridge.backends.local import loopfs
+from dwsbridge.backends.local.storage import StorageError, make_private_dir, remove_tree
 from dwsbridge.backends.local.store import Store, is_alive
 from dwsbridge.config import Config, parse_size
-from dwsbridge.workflow import DATA_IN, DATA_OUT, POST_RUN, PRE_RUN, PROPOSAL, SETUP, TEARDOWN
+from dwsbridge.workflow import (
+    DATA_IN,
+    DATA_OUT,
+    POST_RUN,
+    PRE_RUN,
+    PROPOSAL,
+    SETUP,
+    TEARDOWN,
+    is_state_complete,
+)
 
 log = logging.getLogger("dwsbridge.local")
 
 STORAGE_TYPES_WITH_FS = ("xfs", "gfs2", "lustre")
+
+
+def state_headroom(total: int) -> int:
+    """Space never promised to storage, so the filesystem of state.db cannot be filled by it: 1% of
+    the filesystem, at most 1 GiB."""
+    return min(total // 100, 1024**3)
 
 
 class DriverError(Exception):
@@ -65,6 +82,20 @@ class LocalDriver:
     def secrets_dir(self) -> Path:
         return self.root / "secrets"
 
+    @property
+    def images_dir(self) -> Path:
+        """Filesystem images of the allocations (storage_enforcement: loop), root only."""
+        return self.root / "storage" / "images"
+
+    @property
+    def enforced(self) -> bool:
+        return self.config.storage_enforcement == "loop"
+
+    @property
+    def trash_dir(self) -> Path:
+        """Where the storage sweep moves what no record owns before removing it (root only)."""
+        return self.root / "storage" / "trash"
+
     def job_path(self, workflow: str, name: str) -> Path:
         return self.jobs_dir / workflow / name
 
@@ -75,6 +106,8 @@ class LocalDriver:
             (self.root / "storage", 0o755),
             (self.jobs_dir, 0o755),
             (self.persistent_dir, 0o755),
+            (self.trash_dir, 0o700),
+            (self.images_dir, 0o700),
             (self.secrets_dir, 0o700),
             (self.root / "log", 0o700),
         ):
@@ -106,30 +139,96 @@ class LocalDriver:
 
     # --- Proposal --------------------------------------------------------------------------
     def proposal(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Directives were checked at admission; here: storage that must (not) exist, capacity."""
+        """Directives were checked at admission; here: storage that must (not) exist, who may use
+        it, per-user limits, capacity. A destroy_persistent of an absent name passes, as in DWS:
+        Setup says what is missing."""
         self.ensure_layout()
-        uid = int(obj["spec"]["userID"])
+        uid, gid = int(obj["spec"]["userID"]), int(obj["spec"]["groupID"])
         capacity = 0
         for d in self.directives(obj):
-            if d.command in ("jobdw", "create_persistent") and d.arg("capacity"):
-                capacity += parse_size(d.arg("capacity"))
-            if d.command == "persistentdw":
-                record = self.store.get_persistent(d.arg("name"))
-                if record is None:
-                    raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' does not exist")
-            if d.command == "create_persistent" and self.store.get_persistent(d.arg("name")):
-                raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' already exists")
-            if d.command == "destroy_persistent":
-                record = self.store.get_persistent(d.arg("name"))
-                if record is None:
-                    raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' does not exist")
-                if int(record["uid"]) != uid:
+            if d.command in ("jobdw", "create_persistent"):
+                capacity += self.capacity_of(d)
+                if self.enforced and self.capacity_of(d) < loopfs.MIN_CAPACITY:
                     raise DriverError(
-                        f"{d.text}: persistent storage '{d.arg('name')}' belongs to uid {record['uid']};"
-                        " only its owner may destroy it"
+                        f"{d.text}: capacity must be at least 1MiB here: each allocation is a filesystem"
+                        " of its capacity (storage_enforcement: loop)"
                     )
+            if d.command == "persistentdw":
+                self.usable_persistent(d, uid, gid)
+            elif d.command == "create_persistent":
+                if self.store.get_persistent(d.arg("name")):
+                    raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' already exists")
+                self.check_persistent_limits(d, uid)
+            elif d.command == "destroy_persistent":
+                record = self.store.get_persistent(d.arg("name"))
+                if record is not None:
+                    self.check_owner(d, record, uid)
         self.reserve_capacity(obj["metadata"]["name"], capacity)
         return {"capacity": capacity}
+
+    def capacity_of(self, d: ParsedDirective) -> int:
+        """A jobdw's capacity; a create_persistent's, or persistent_default_capacity without one (DWS
+        accepts none; here every instance has a size, so it can be enforced and counted)."""
+        if d.arg("capacity"):
+            return parse_size(d.arg("capacity"))
+        return self.config.persistent_default_capacity if d.command == "create_persistent" else 0
+
+    def usable_persistent(self, d: ParsedDirective, uid: int, gid: int) -> dict[str, Any]:
+        """The instance a persistentdw names, if this job's user may use it (persistent_sharing)."""
+        name = d.arg("name")
+        record = self.store.get_persistent(name)
+        if record is None or record["state"] == "destroying":
+            raise DriverError(f"{d.text}: persistent storage '{name}' does not exist")
+        if record["state"] != "active":
+            raise DriverError(f"{d.text}: persistent storage '{name}' is still being created; try again")
+        sharing = self.config.persistent_sharing
+        allowed = (
+            int(record["uid"]) == uid
+            or sharing == "all"
+            or (sharing == "group" and int(record["gid"]) == gid)
+        )
+        if not allowed:
+            who = "owner" if sharing == "owner" else "owner and its group"
+            raise DriverError(
+                f"{d.text}: persistent storage '{name}' belongs to another user; this site lets only its"
+                f" {who} use it (setting persistent_sharing: {sharing})"
+            )
+        return record
+
+    @staticmethod
+    def check_owner(d: ParsedDirective, record: dict[str, Any], uid: int) -> None:
+        if int(record["uid"]) != uid:
+            raise DriverError(
+                f"{d.text}: persistent storage '{d.arg('name')}' belongs to uid {record['uid']};"
+                " only its owner may destroy it"
+            )
+
+    def pool_bytes(self) -> int:
+        """The pool's size: configured, else the size of the filesystem holding the root."""
+        if self.config.pool_size is not None:
+            return int(self.config.pool_size)
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).total
+
+    def check_persistent_limits(self, d: ParsedDirective, uid: int, conn: Any = None) -> None:
+        """One user may hold persistent_instances_per_user instances and persistent_capacity_per_user
+        bytes (default a quarter of the pool), so no one user can exhaust the pool for everyone."""
+        count, used = self.store.persistent_usage(conn).get(uid, (0, 0))
+        max_count = self.config.persistent_instances_per_user
+        if count + 1 > max_count:
+            raise DriverError(
+                f"{d.text}: uid {uid} already holds {count} persistent storage instance(s), the most one"
+                f" user may hold (setting persistent_instances_per_user: {max_count}); destroy one first"
+            )
+        limit = self.config.persistent_capacity_per_user
+        if limit is None:
+            limit = self.pool_bytes() // 4
+        wanted = self.capacity_of(d)
+        if used + wanted > limit:
+            raise DriverError(
+                f"{d.text}: uid {uid} holds {used} bytes of persistent storage; {wanted} more would pass"
+                f" the {limit} bytes one user may hold (setting persistent_capacity_per_user)"
+            )
 
     def reserve_capacity(self, name: str, capacity: int) -> None:
         """Check and record the workflow's capacity in one transaction, so that two Proposals running
@@ -149,14 +248,31 @@ class LocalDriver:
                 f" {limit} bytes per job"
             )
         usage = shutil.disk_usage(self.root)
+        free = usage.free
+        if self.enforced:  # allocations take their space at Setup: leave what Proposals promised
+            free -= self._promised_not_allocated(exclude=name) + state_headroom(usage.total)
         pool = self.config.pool_size
         reserved = self.store.reserved_capacity(exclude=name)
-        available = usage.free if pool is None else min(usage.free, pool - reserved)
+        available = free if pool is None else min(free, pool - reserved)
         if capacity > available:
             raise DriverError(
                 f"workflow {name} asks for {capacity} bytes of storage but only {max(available, 0)} bytes"
                 " are available"
             )
+
+    def _promised_not_allocated(self, exclude: str) -> int:
+        """Capacity of workflows past Proposal whose Setup has not yet preallocated it."""
+        total = 0
+        for obj in self.store.list_workflows():
+            status = obj.get("status") or {}
+            done = SETUP in (status.get("completedStates") or []) or is_state_complete(obj, SETUP)
+            if (
+                obj["metadata"]["name"] != exclude
+                and obj["spec"]["desiredState"] in (PROPOSAL, SETUP)
+                and not done
+            ):
+                total += int(status.get("capacity", 0))
+        return total
 
     # --- Setup -----------------------------------------------------------------------------
     def setup(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -167,25 +283,34 @@ class LocalDriver:
         env: dict[str, str] = dict((obj.get("status") or {}).get("env") or {})
         jobs: list[str] = []
         persistents: list[str] = []
-        wf_dir = self.jobs_dir / name
-        wf_dir.mkdir(exist_ok=True)
+        try:
+            self._release_images(f"jobs.{name}.")  # of this workflow's interrupted Setup, if any
+        except StorageError as exc:
+            raise DriverError(f"cannot clear what an earlier Setup of {name} left: {exc}") from exc
+        wf_dir = self._fresh_dir(self.jobs_dir, name, 0, 0)
         os.chmod(wf_dir, 0o755)
         for d in directives:
             if d.command == "jobdw":
-                path = self.job_path(name, d.arg("name"))
-                self._make_user_dir(path, uid, gid)
+                path = self._allocate(wf_dir, d, loopfs.image_name("jobs", name, d.arg("name")), uid, gid)
                 var = env_var_suffix(d.arg("name"))
                 env[f"DW_JOB_{var}"] = str(path)
                 env.setdefault(f"DW_JOB_{d.arg('type').upper()}", str(path))
                 jobs.append(f"{d.arg('name')}:{path}")
             elif d.command == "persistentdw":
-                record = self.store.get_persistent(d.arg("name"))
-                if record is None:
-                    raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' does not exist")
+                record = self.usable_persistent(d, uid, gid)
+                self._mount_persistent(d, record)
                 env[f"DW_PERSISTENT_{env_var_suffix(d.arg('name'))}"] = record["path"]
                 persistents.append(f"{d.arg('name')}:{record['path']}")
             elif d.command == "create_persistent":
                 self._create_persistent(name, d, uid, gid)
+            elif d.command == "destroy_persistent":
+                instance = self.store.get_persistent(d.arg("name"))
+                if instance is None or instance["state"] == "destroying":
+                    raise DriverError(
+                        f"{d.text}: persistent storage '{d.arg('name')}' does not exist, so there is"
+                        " nothing to destroy (check the name it was created with)"
+                    )
+                self.check_owner(d, instance, uid)
         if jobs:
             env["DW_JOBS"] = ",".join(jobs)
         if persistents:
@@ -201,19 +326,61 @@ class LocalDriver:
             env.update(copy_offload.reserve(self, obj))
         return status
 
-    def _make_user_dir(self, path: Path, uid: int, gid: int) -> None:
+    def _fresh_dir(self, parent: Path, name: str, uid: int, gid: int) -> Path:
+        """A new, empty storage directory for uid:gid. Whatever is at that name is a leftover of this
+        workflow's interrupted Setup or of storage no record owns: removed, never adopted."""
+        path = parent / name
         try:
-            path.mkdir(mode=0o700, exist_ok=True)
-            os.chown(path, uid, gid)
-            os.chmod(path, 0o700)
-        except OSError as exc:
-            raise DriverError(f"cannot create job storage {path}: {exc.strerror}") from exc
+            remove_tree(path)
+            return make_private_dir(parent, name, uid, gid)
+        except StorageError as exc:
+            raise DriverError(f"cannot create storage {path}: {exc}") from exc
+
+    def _allocate(self, parent: Path, d: ParsedDirective, image: str, uid: int, gid: int) -> Path:
+        """The directive's storage at parent/<name>: its own filesystem of its capacity when the
+        site enforces capacity, else a plain directory."""
+        if not self.enforced:
+            return self._fresh_dir(parent, d.arg("name"), uid, gid)
+        path = self._fresh_dir(parent, d.arg("name"), 0, 0)  # the mount point: root's, empty
+        try:
+            loopfs.make_filesystem(self.images_dir / image, path, self.capacity_of(d), uid, gid)
+        except StorageError as exc:
+            raise DriverError(
+                f"{d.text}: cannot give it a filesystem of its capacity: {exc} (a site where loop mounts"
+                " are impossible sets storage_enforcement: none)"
+            ) from exc
+        return path
+
+    def _mount_persistent(self, d: ParsedDirective, record: dict[str, Any]) -> None:
+        """An instance's filesystem is mounted again after a reboot, when a job first uses it."""
+        image = self.images_dir / loopfs.image_name("persistent", record["name"])
+        if image.exists():
+            try:
+                loopfs.mount_existing(image, Path(record["path"]))
+            except StorageError as exc:
+                raise DriverError(f"{d.text}: {exc}") from exc
+
+    def _release_images(self, prefix: str) -> None:
+        """Unmount and delete the filesystem images whose names start with `prefix` (StorageError)."""
+        for entry in sorted(os.listdir(self.images_dir)) if self.images_dir.is_dir() else ():
+            if entry.startswith(prefix) and entry.endswith(".img"):
+                loopfs.unmount(self.mountpoint(entry))
+                (self.images_dir / entry).unlink(missing_ok=True)
+
+    def mountpoint(self, image: str) -> Path:
+        """Where an image is mounted: jobs.<workflow>.<name>.img, persistent.<name>.img."""
+        kind, owner, *rest = image.removesuffix(".img").split(".")
+        parent = self.jobs_dir / owner if kind == "jobs" else self.persistent_dir
+        return parent / rest[0] if rest else parent / owner
 
     def _create_persistent(self, workflow: str, d: ParsedDirective, uid: int, gid: int) -> None:
-        path = self.persistent_dir / d.arg("name")
-        capacity = parse_size(d.arg("capacity")) if d.arg("capacity") else 0
+        """Record the instance ("creating"), make its directory, then mark it "active". The record
+        comes first and its name is unique, so no two jobs ever make (or share) one directory."""
+        name = d.arg("name")
+        path = self.persistent_dir / name
+        capacity = self.capacity_of(d)
         record = {
-            "name": d.arg("name"),
+            "name": name,
             "uid": uid,
             "gid": gid,
             "type": d.arg("type"),
@@ -222,12 +389,22 @@ class LocalDriver:
             "workflow": workflow,
         }
         with self.store.transaction() as conn:
-            existing = self.store.get_persistent(d.arg("name"))
+            existing = self.store.get_persistent(name, conn)
             if existing is not None and existing["workflow"] != workflow:
-                raise DriverError(f"{d.text}: persistent storage '{d.arg('name')}' already exists")
+                raise DriverError(f"{d.text}: persistent storage '{name}' already exists")
+            if existing is not None and existing["state"] != "creating":
+                return  # this workflow's Setup ran before and made it
             if existing is None:
+                self.check_persistent_limits(d, uid, conn)
                 self.store.add_persistent(conn, record)
-        self._make_user_dir(path, uid, gid)
+        try:
+            self._release_images(loopfs.image_name("persistent", name))  # an interrupted Setup's
+        except StorageError as exc:
+            raise DriverError(f"{d.text}: {exc}") from exc
+        self._allocate(self.persistent_dir, d, loopfs.image_name("persistent", name), uid, gid)
+        with self.store.transaction() as conn:
+            self.store.set_persistent_state(conn, name, "active")
+        log.info("workflow=%s persistent storage %s created for uid %d", workflow, name, uid)
 
     @staticmethod
     def _requires(directives: list[ParsedDirective]) -> set[str]:
@@ -361,36 +538,111 @@ class LocalDriver:
 
     # --- Teardown --------------------------------------------------------------------------
     def teardown(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Stop everything, remove storage and secrets. Best effort on every step, then report."""
+        """Stop everything, remove storage and secrets. Every step is tried; storage that could not
+        be removed fails the state (the workflow stays in Teardown, so a retry can finish the job)."""
         name = obj["metadata"]["name"]
         problems: list[str] = []
         self.stop_processes(name, None)
-        wf_dir = self.jobs_dir / name
-        if wf_dir.exists():
-            shutil.rmtree(wf_dir, onerror=lambda _f, p, e: problems.append(f"cannot remove {p}: {e[1]}"))
-        secrets = self.secrets_dir / name
-        if secrets.exists():
-            shutil.rmtree(secrets, ignore_errors=True)
-        directives = self.directives(obj)
-        uid = int(obj["spec"]["userID"])
+        if self._release(name, f"jobs.{name}.", problems):
+            self._remove(name, self.jobs_dir / name, problems)
+        self._remove(name, self.secrets_dir / name, problems)
         with self.store.transaction() as conn:
             self.store.delete_secrets(conn, name)
-            for d in directives:
-                if d.command == "destroy_persistent":
-                    record = self.store.get_persistent(d.arg("name"))
-                    if record is not None and int(record["uid"]) == uid:
-                        self.store.delete_persistent(conn, d.arg("name"))
-                        shutil.rmtree(record["path"], ignore_errors=True)
-                elif d.command == "create_persistent":
-                    record = self.store.get_persistent(d.arg("name"))
-                    created_here = record is not None and record["workflow"] == name
-                    reached_setup = self._reached(obj, SETUP)
-                    if created_here and not reached_setup and record is not None:
-                        self.store.delete_persistent(conn, d.arg("name"))
-                        shutil.rmtree(record["path"], ignore_errors=True)
+        uid = int(obj["spec"]["userID"])
+        for d in self.directives(obj):
+            record = self.store.get_persistent(d.arg("name")) if "persistent" in d.command else None
+            if record is None:
+                continue
+            if d.command == "destroy_persistent" and int(record["uid"]) == uid:
+                self._destroy_persistent(name, record, problems)
+            elif (
+                d.command == "create_persistent"
+                and record["workflow"] == name
+                and not self._reached(obj, SETUP)
+            ):
+                self._destroy_persistent(name, record, problems)  # never handed to the user: it goes too
         if problems:
-            raise DriverError("teardown: " + "; ".join(problems[:5]))
+            raise DriverError(
+                "teardown: storage remains, so the workflow stays in Teardown until it is removed"
+                " (Slurm retries teardown, the bridge agent's sweep retries it, or run"
+                f" `dwsbridge teardown {name}`): " + "; ".join(problems[:5])
+            )
         return {}
+
+    def _release(self, workflow: str, prefix: str, problems: list[str]) -> bool:
+        try:
+            self._release_images(prefix)
+        except (StorageError, OSError) as exc:
+            log.error("workflow=%s storage filesystem release failed: %s", workflow, exc)
+            problems.append(str(exc))
+            return False
+        return True
+
+    def _remove(self, workflow: str, path: Path, problems: list[str]) -> bool:
+        try:
+            removed = remove_tree(path)
+        except StorageError as exc:
+            log.error("workflow=%s storage removal failed: %s", workflow, exc)
+            problems.append(str(exc))
+            return False
+        if removed.entries:
+            log.info("workflow=%s removed %s (%d entries)", workflow, path, removed.entries)
+        return True
+
+    def _destroy_persistent(self, workflow: str, record: dict[str, Any], problems: list[str]) -> None:
+        """Mark the instance "destroying" (no job may use it from now on), remove its directory with
+        no transaction open, and forget it only once the directory is gone."""
+        with self.store.transaction() as conn:
+            self.store.set_persistent_state(conn, record["name"], "destroying")
+        image = loopfs.image_name("persistent", record["name"])
+        if self._release(workflow, image, problems) and self._remove(
+            workflow, Path(record["path"]), problems
+        ):
+            with self.store.transaction() as conn:
+                self.store.delete_persistent(conn, record["name"])
+            log.info("workflow=%s persistent storage %s destroyed", workflow, record["name"])
+
+    def sweep_storage(self) -> list[Path]:
+        """Remove storage directories that no workflow or persistent instance owns (a crash between
+        steps, or an older version's leaks). Each one is claimed under the database's write lock,
+        where no record can appear, by moving it into the root-only trash; then it is removed."""
+        self.ensure_layout()
+        claimed: list[Path] = []
+        for image in sorted(os.listdir(self.images_dir)):
+            if not image.endswith(".img") or image.count(".") < 2:
+                continue
+            kind, owner = image.split(".")[:2]
+            with self.store.transaction() as conn:
+                if (self._has_workflow if kind == "jobs" else self._has_instance)(conn, owner):
+                    continue
+                log.warning("storage sweep: image %s has no owner; removing it", image)
+                loopfs.unmount(self.mountpoint(image))
+                (self.images_dir / image).unlink(missing_ok=True)
+                claimed.append(self.images_dir / image)
+        for parent, owned in ((self.jobs_dir, self._has_workflow), (self.persistent_dir, self._has_instance)):
+            for entry in sorted(os.listdir(parent)):
+                with self.store.transaction() as conn:
+                    if owned(conn, entry):
+                        continue
+                    target = self.trash_dir / f"{parent.name}-{entry}-{os.urandom(4).hex()}"
+                    try:
+                        os.rename(parent / entry, target)
+                    except FileNotFoundError:
+                        continue
+                log.warning("storage sweep: %s has no owner; removing it", parent / entry)
+                claimed.append(parent / entry)
+        problems: list[str] = []
+        for entry in sorted(os.listdir(self.trash_dir)):
+            self._remove("-", self.trash_dir / entry, problems)
+        if problems:
+            raise DriverError("storage sweep: " + "; ".join(problems[:5]))
+        return claimed
+
+    def _has_workflow(self, conn: Any, name: str) -> bool:
+        return self.store.read_workflow(conn, name) is not None
+
+    def _has_instance(self, conn: Any, name: str) -> bool:
+        return self.store.get_persistent(name, conn) is not None
 
     @staticmethod
     def _reached(obj: dict[str, Any], state: str) -> bool:

@@ -1,7 +1,10 @@
 """The local backend's state: one SQLite database (WAL) under the root, safe for many processes.
 
-Every change is one short IMMEDIATE transaction. The database is root-only (0600): it holds the
-per-workflow token keys, which a job's user must never read.
+Every change is one short IMMEDIATE transaction, and no transaction ever waits on the filesystem
+(storage is marked, then removed outside any transaction, then forgotten). Opening the store takes no
+write lock unless the schema is missing, so readers (pools, paths, status) never queue behind a writer.
+The database is root-only (0600): it holds the per-workflow token keys, which a job's user must never
+read.
 """
 
 from __future__ import annotations
@@ -46,9 +49,16 @@ CREATE TABLE IF NOT EXISTS persistent (
     capacity INTEGER NOT NULL,
     path TEXT NOT NULL,
     created REAL NOT NULL,
-    workflow TEXT NOT NULL
+    workflow TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active'
 );
 """
+TABLES = ("workflows", "secrets", "processes", "persistent")
+# Columns added after a table first shipped: (table, column, definition), applied to older databases.
+ADDED_COLUMNS = (("persistent", "state", "TEXT NOT NULL DEFAULT 'active'"),)
+# A persistent instance is "creating" until its directory exists, "active", then "destroying" from the
+# moment its removal starts until its directory is gone (only then is the record deleted).
+PERSISTENT_STATES = ("creating", "active", "destroying")
 
 
 def process_start_time(pid: int) -> str | None:
@@ -96,19 +106,44 @@ class ProcessRecord:
 class Store:
     """Typed access to the database; one connection per Store (per process)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, busy_timeout: float = 60.0) -> None:
         self.root = root
         self.path = root / "state.db"
+        self.busy_timeout = busy_timeout
         root.mkdir(parents=True, exist_ok=True)
         _create_private(self.path)
-        self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self._conn.execute("PRAGMA busy_timeout = 60000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
-        with self.transaction() as conn:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        if not self._schema_current():
+            with self.transaction() as conn:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                for table, column, definition in ADDED_COLUMNS:
+                    if column not in self._columns(table):
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+
+    def _schema_current(self) -> bool:
+        """Every table and column exists (a read: no write lock to open a current database)."""
+        rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        if not set(TABLES) <= {r[0] for r in rows}:
+            return False
+        return all(column in self._columns(table) for table, column, _ in ADDED_COLUMNS)
+
+    @contextmanager
+    def patience(self, seconds: float) -> Iterator[None]:
+        """Wait at most `seconds` for a lock within the block (hooks that run inside slurmctld)."""
+        self._conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        try:
+            yield
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def close(self) -> None:
         self._conn.close()
@@ -218,20 +253,28 @@ class Store:
         return [ProcessRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     # --- persistent storage instances ------------------------------------------------------
-    def get_persistent(self, name: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            "SELECT name, uid, gid, type, capacity, path, workflow FROM persistent WHERE name = ?", (name,)
-        ).fetchone()
-        if not row:
-            return None
-        keys = ("name", "uid", "gid", "type", "capacity", "path", "workflow")
-        return dict(zip(keys, row, strict=True))
+    _PERSISTENT_KEYS = ("name", "uid", "gid", "type", "capacity", "path", "workflow", "state")
+
+    def get_persistent(self, name: str, conn: sqlite3.Connection | None = None) -> dict[str, Any] | None:
+        row = (
+            (conn or self._conn)
+            .execute(f"SELECT {', '.join(self._PERSISTENT_KEYS)} FROM persistent WHERE name = ?", (name,))
+            .fetchone()
+        )
+        return dict(zip(self._PERSISTENT_KEYS, row, strict=True)) if row else None
+
+    def list_persistent(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            f"SELECT {', '.join(self._PERSISTENT_KEYS)} FROM persistent ORDER BY created"
+        ).fetchall()
+        return [dict(zip(self._PERSISTENT_KEYS, row, strict=True)) for row in rows]
 
     def add_persistent(self, conn: sqlite3.Connection, record: dict[str, Any]) -> bool:
+        """Record a new instance (state "creating"); False when the name is taken."""
         try:
             conn.execute(
-                "INSERT INTO persistent (name, uid, gid, type, capacity, path, created, workflow)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO persistent (name, uid, gid, type, capacity, path, created, workflow, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating')",
                 (
                     record["name"],
                     record["uid"],
@@ -247,8 +290,22 @@ class Store:
             return False
         return True
 
+    def set_persistent_state(self, conn: sqlite3.Connection, name: str, state: str) -> None:
+        if state not in PERSISTENT_STATES:
+            raise ValueError(f"unknown persistent state {state!r}")
+        conn.execute("UPDATE persistent SET state = ? WHERE name = ?", (state, name))
+
     def delete_persistent(self, conn: sqlite3.Connection, name: str) -> None:
         conn.execute("DELETE FROM persistent WHERE name = ?", (name,))
+
+    def persistent_usage(self, conn: sqlite3.Connection | None = None) -> dict[int, tuple[int, int]]:
+        """uid -> (instances, bytes) of every recorded persistent instance."""
+        rows = (
+            (conn or self._conn)
+            .execute("SELECT uid, COUNT(*), COALESCE(SUM(capacity), 0) FROM persistent GROUP BY uid")
+            .fetchall()
+        )
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
     def reserved_capacity(self, exclude: str | None = None) -> int:
         """Bytes promised to live workflows (but `exclude`) and persistent instances (for capacity checks)."""
