@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Flux benchmarks on a real flux-core 0.88.0 instance (testenv/flux_instance.py), local backend, set up
 as the Flux tests set it up (`dwsbridge flux install`; the service as root; the instance owned by a
 test user):
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from bench.markdown import write_section
+from bench.usage import prog
 from testenv import flux_build
 from testenv.flux_instance import FluxInstance, processes_of
 
@@ -101,7 +101,9 @@ def validator_cost(n: int = 2000) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog=prog("bench.bench_flux"), description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--jobs", type=int, default=100, help="jobs per submit-rate round (%(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="submit-rate rounds (%(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="single jobs per kind (%(default)s)")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.markdown import write_section
+from bench.usage import prog
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## nnf-dm daemon"
@@ -237,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "worker":
         worker(args[1], int(args[2]), args[3])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog=prog("bench.bench_nnfdm"), description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--requests", type=int, default=1000, help="round trips over 16 clients")
     parser.add_argument("--repeats", type=int, default=3, help="runs per row; each figure's median")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The local backend's storage work (issue 11): what removal and capacity enforcement cost, and that a
 long removal no longer stalls anyone else.
 
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from bench.markdown import write_section
+from bench.usage import prog
 
 REPO = Path(__file__).resolve().parent.parent
 MARKDOWN = REPO / "BENCHMARKS.md"
@@ -161,7 +161,9 @@ def setup_teardown(root: Path, user: pwd.struct_passwd, mode: str, repeat: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog=prog("bench.bench_storage"), description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--dirs", type=int, default=500_000, help="empty directories in the instance")
     parser.add_argument("--repeat", type=int, default=20, help="runs of the Setup+Teardown measurement")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
