@@ -284,20 +284,22 @@ class Agent:
                 return
             hook, args, env = hookclient.decode_request(request)
             job = slurm._job_of(hook, args)  # the job label the hook logs use
-            reason = self.mismatch(env)
+            reason = self.mismatch(env) or expired(env.pop(hookclient.DEADLINE_ENV, ""))
             if reason:
-                outcome = "fallback"
-                conn.sendall(hookclient.REPLY_FALLBACK + reason.encode() + b"\n")
+                outcome = f"fallback ({reason})"
+                with contextlib.suppress(OSError):  # an expired request's caller is usually gone
+                    conn.sendall(hookclient.REPLY_FALLBACK + reason.encode() + b"\n")
                 return
-            try:
-                output = self.run(hook, args, env)
-            except ConfigError as exc:  # the hook in-process reports it exactly as it would without us
-                outcome = "fallback"
-                conn.sendall(hookclient.REPLY_FALLBACK + f"configuration: {exc}".encode() + b"\n")
-                return
-            outcome = f"rc={hookclient.exit_code(output)}"
             conn.settimeout(None)
-            conn.sendall(hookclient.REPLY_OK + output)
+            with Heartbeat(conn, enabled=hook not in hookclient.BLOCKING_HOOKS) as heartbeat:
+                try:
+                    output = self.run(hook, args, env)
+                except ConfigError as exc:  # the hook in-process reports it exactly as it would without us
+                    outcome = "fallback"
+                    heartbeat.send(hookclient.REPLY_FALLBACK + f"configuration: {exc}".encode() + b"\n")
+                    return
+                outcome = f"rc={hookclient.exit_code(output)}"
+                heartbeat.send(hookclient.REPLY_OK + output)
         except BaseException as exc:  # one request's crash never stops the agent
             outcome = f"crash {type(exc).__name__}: {exc}"
             with contextlib.suppress(OSError):
@@ -418,6 +420,52 @@ class Agent:
             _stderr_line(f"dwsbridge agent: stopping with {left} request(s) unfinished (they fall back)")
         _stderr_line("dwsbridge agent: stopped")
         return 0
+
+
+def expired(deadline: str) -> str:
+    """Why a request must not start (its caller gave up waiting at `deadline`), or ""."""
+    try:
+        late = time.time() - float(deadline)
+    except ValueError:
+        return ""
+    return f"expired: read {late:.1f}s after its caller gave up" if late > 0 else ""
+
+
+class Heartbeat:
+    """Sends "." every hookclient.HEARTBEAT seconds while a long hook runs, so that its caller can tell
+    a busy agent from a hung one; the reply itself goes through send(), never interleaved with a beat.
+    A caller that has gone only stops the beats: the hook runs on (Slurm may have killed its helper)."""
+
+    def __init__(self, conn: socket.socket, *, enabled: bool) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True) if enabled else None
+
+    def __enter__(self) -> Heartbeat:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(hookclient.HEARTBEAT):
+            with self._lock:
+                if self._done.is_set():
+                    return
+                try:
+                    self._conn.sendall(hookclient.HEARTBEAT_BYTE)
+                except OSError:
+                    return
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            self._done.set()
+            self._conn.sendall(data)
 
 
 def _read_all(conn: socket.socket) -> bytes:

@@ -25,6 +25,21 @@ CONFIG_PLACEHOLDER = "@DWSBRIDGE_CONFIG@"
 CACHE_PLACEHOLDER = "@DWSBRIDGE_CACHE@"
 AGENT_SOCKET_PLACEHOLDER = "@DWSBRIDGE_AGENT_SOCKET@"
 LAUNCHER_PLACEHOLDER = "@DWSBRIDGE_LAUNCHER@"
+TIMEOUT_PLACEHOLDERS = {
+    "connect": "@DWSBRIDGE_AGENT_CONNECT_TIMEOUT@",
+    "answer": "@DWSBRIDGE_AGENT_TIMEOUT@",
+    "silence": "@DWSBRIDGE_AGENT_SILENCE_TIMEOUT@",
+}
+DEFAULT_TIMEOUTS = {"connect": 1.0, "answer": 3.0, "silence": 30.0}
+# Where Slurm's Lua 5.1 finds C modules (liblua5.1's default package.cpath on Debian), and the module
+# burst_buffer.lua needs to talk to the agent without starting a process (Debian package lua-socket).
+LUA_CPATH = (
+    "/usr/local/lib/lua/5.1/?.so",
+    "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so",
+    "/usr/lib/aarch64-linux-gnu/lua/5.1/?.so",
+    "/usr/lib/lua/5.1/?.so",
+)
+LUA_SOCKET_MODULE = "socket/unix"
 AGENT_UNIT = "dwsbridge-agent.service"
 CACHE_FILE = "slurm/job_process.cache"  # under the configured root
 
@@ -103,6 +118,33 @@ def register(subparsers: Any) -> None:
     install.add_argument(
         "--no-agent", action="store_true", help="never use the bridge agent: every hook runs in-process"
     )
+    timeouts = install.add_argument_group(
+        "agent timeouts (seconds; with lua-socket, burst_buffer.lua's own, see docs/slurm.md)"
+    )
+    timeouts.add_argument(
+        "--agent-connect-timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUTS["connect"],
+        metavar="S",
+        help="to connect to the agent and send the request (default %(default)g)",
+    )
+    timeouts.add_argument(
+        "--agent-timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUTS["answer"],
+        metavar="S",
+        help="for the whole answer to job_process, pools and paths, which block slurmctld (default "
+        "%(default)g); then job_process is refused (never validated twice), pools and paths run "
+        "in a process",
+    )
+    timeouts.add_argument(
+        "--agent-silence-timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUTS["silence"],
+        metavar="S",
+        help="the other hooks wait as long as the agent works (it sends a heartbeat each second); after "
+        "this long without one they run in a process (default %(default)g)",
+    )
     install.add_argument(
         "--no-launcher",
         action="store_true",
@@ -111,6 +153,29 @@ def register(subparsers: Any) -> None:
     )
     install.set_defaults(handler=cmd_install)
     slurm.set_defaults(handler=lambda args: _usage(slurm))
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}") from None
+    if not 0.01 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"expected 0.01 to 86400 seconds, not {value}")
+    return seconds
+
+
+def lua_socket_path(cpath: str | None = None) -> str | None:
+    """The lua-socket module Slurm's Lua 5.1 would load (`$LUA_CPATH_5_1`/`$LUA_CPATH` first, as
+    Lua does), or None when it is not installed."""
+    if cpath is None:
+        cpath = os.environ.get("LUA_CPATH_5_1") or os.environ.get("LUA_CPATH") or ""
+    templates = [t for t in cpath.split(";") if t and t != ";;"] + list(LUA_CPATH)
+    for pattern in templates:
+        candidate = pattern.replace("?", LUA_SOCKET_MODULE)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -134,8 +199,11 @@ def render_lua(
     *,
     agent_socket: str | None = None,
     launcher: str | None = None,
+    timeouts: dict[str, float] | None = None,
 ) -> str:
     text = template("burst_buffer.lua")
+    for key, seconds in {**DEFAULT_TIMEOUTS, **(timeouts or {})}.items():
+        text = text.replace(TIMEOUT_PLACEHOLDERS[key], f"{seconds:g}")
     text = text.replace(PYTHON_PLACEHOLDER, lua_string_body(python))
     text = text.replace(CACHE_PLACEHOLDER, lua_string_body(cache or ""))
     text = text.replace(AGENT_SOCKET_PLACEHOLDER, lua_string_body(agent_socket or ""))
@@ -247,6 +315,11 @@ def cmd_install(args: argparse.Namespace) -> int:
                 None if args.no_cache else default_cache(config),
                 agent_socket=agent_socket,
                 launcher=launcher,
+                timeouts={
+                    "connect": args.agent_connect_timeout,
+                    "answer": args.agent_timeout,
+                    "silence": args.agent_silence_timeout,
+                },
             ),
             0o644,
         ),
@@ -273,6 +346,18 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"  {command}")
         unit = etc.absolute() / AGENT_UNIT
         print(f"  or: cp {unit} /etc/systemd/system/ && systemctl enable --now dwsbridge-agent")
+        module = lua_socket_path()
+        if module:
+            print(
+                f"lua-socket: present ({module}): hooks talk to the agent from Lua, no process per hook "
+                f"(timeouts: connect {args.agent_connect_timeout:g}s, job_process/pools/paths "
+                f"{args.agent_timeout:g}s, silence {args.agent_silence_timeout:g}s)"
+            )
+        else:
+            print(
+                "lua-socket: not found: each hook starts a small relay process to reach the agent "
+                "(~10 ms); `apt-get install lua-socket` removes it"
+            )
     print(f"job environment files (TaskProlog): {env_dir}/<jobid>.env")
     slurm_conf = etc / "slurm.conf"
     prolog_line = f"{TASK_PROLOG_KEY}={etc.absolute() / TASK_PROLOG}"
