@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian's interpreter: readable by every user (jobs run the copyoffload client as themselves).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
-DEBS := python3-venv slurmctld slurmd slurm-client munge curl
+DEBS := python3-venv slurmctld slurmd slurm-client munge curl lua-socket
 
 .PHONY: install debs test lint typecheck unit demo bench clean
 

@@ -342,7 +342,11 @@ class SlurmHooks:
                 return success()
             env = {"DW_WORKFLOW_NAME": name, "DW_WORKFLOW_NAMESPACE": self.config.namespace}
         elif lc.exists(name):
-            env = lc.environment(name)
+            from dwsbridge.job_env import split_secrets
+
+            env, secrets = split_secrets(lc.environment(name))
+            if secrets:  # the token: the TaskProlog exports it from the job's 0600 file
+                self.write_job_env(job, name, secrets, hook="paths")
         else:
             return success()
         from dwsbridge.job_env import env_lines
@@ -413,24 +417,24 @@ class SlurmHooks:
         from dwsbridge.workflow import PRE_RUN
 
         if exists and self.lifecycle.env_known_at == PRE_RUN:
-            self.write_job_env(job, name)
+            self.write_job_env(job, name, self.lifecycle.environment(name), hook="pre_run")
         return result
 
-    def write_job_env(self, job: str, name: str) -> None:
-        """The environment `paths` could not know yet, for the TaskProlog (the job starts once
-        pre_run has succeeded, so every task sees it)."""
+    def write_job_env(self, job: str, name: str, env: dict[str, str], *, hook: str) -> None:
+        """Variables for the TaskProlog, in the job's 0600 file: what `paths` could not know yet
+        (the job starts once pre_run has succeeded, so every task sees it), and the token."""
         from dwsbridge.job_env import JobEnvFiles
 
-        env = self.lifecycle.environment(name)
         owner = self.lifecycle.status(name)
         files = JobEnvFiles(self.config.job_env_dir)
         skipped = files.write(job, env, uid=owner.uid, gid=owner.gid)
         for key in skipped:
-            log().warning("workflow=%s job=%s pre_run: skipped unsafe variable %r", name, job, key)
+            log().warning("workflow=%s job=%s %s: skipped unsafe variable %r", name, job, hook, key)
         log().info(
-            "workflow=%s job=%s pre_run: %d variable(s) for the TaskProlog in %s",
+            "workflow=%s job=%s %s: %d variable(s) for the TaskProlog in %s",
             name,
             job,
+            hook,
             len(env) - len(skipped),
             files.path(job),
         )

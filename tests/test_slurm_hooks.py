@@ -190,16 +190,28 @@ def test_a_job_walks_every_state_and_teardown_leaves_nothing(
     assert not storage.exists()
 
 
-def test_paths_exports_the_token_when_copy_offload_is_required(
-    hooks: SlurmHooks, lc: Lifecycle, tmp_path: Path
+def test_paths_hands_the_token_over_in_the_jobs_own_file_never_in_the_path_file(
+    hooks: SlurmHooks, config: Config, tmp_path: Path
 ) -> None:
+    """slurmctld logs path_file whole (DebugFlags=BurstBuffer): the token goes to the 0600 per-job file
+    the TaskProlog exports."""
+    import stat
+
+    from dwsbridge.job_env import JobEnvFiles
+
     path = script(tmp_path / "j", JOBDW + " requires=copy-offload")
     assert setup_job(hooks, "21", path).ok, "setup"
     path_file = tmp_path / "pathfile"
     assert call(hooks, "paths", "21", path, str(path_file)).ok
     env = dict(line.split("=", 1) for line in path_file.read_text().splitlines())
-    assert env["DW_WORKFLOW_TOKEN"].count(".") == 2  # a JWT
-    call(hooks, "job_teardown", "21", path, "true")
+    assert "DW_WORKFLOW_TOKEN" not in env and env["DW_WORKFLOW_NAME"] == "bb21"
+    job_file = JobEnvFiles(config.job_env_dir).path("21")
+    st = job_file.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.getuid())
+    (token,) = [line.split("=", 1)[1] for line in job_file.read_text().splitlines()]
+    assert token.count(".") == 2  # a JWT
+    assert call(hooks, "job_teardown", "21", path, "true").ok
+    assert not job_file.exists()
 
 
 def test_paths_for_a_job_without_workflow_writes_nothing(hooks: SlurmHooks, tmp_path: Path) -> None:
