@@ -401,3 +401,89 @@ def test_a_teardown_waits_for_a_setup_still_running_for_its_job(
     teardown.join(60)
     assert not setup.is_alive() and not teardown.is_alive()
     assert not Lifecycle(load_config(config)).exists("bb41"), "the setup's workflow outlived its teardown"
+
+
+# --- timeouts, heartbeats, concurrency (issue 13) ----------------------------------------------------
+
+
+def raw_request(agent: RunningAgent, hook: str, args: list[str], **env: str) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(str(agent.socket))
+    conn.sendall(hookclient.encode_request(hook, args, {"DWSBRIDGE_CONFIG": str(agent.config), **env}))
+    conn.shutdown(socket.SHUT_WR)
+    return conn
+
+
+def read_reply(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    conn.close()
+    return b"".join(chunks)
+
+
+def test_a_request_read_after_its_caller_gave_up_is_not_run(agent: RunningAgent, job_user: object) -> None:
+    """A SIGSTOPped agent resumed later must not run what the hook has meanwhile done in-process."""
+    uid, gid = str(getattr(job_user, "pw_uid")), str(getattr(job_user, "pw_gid"))  # noqa: B009
+    path = script(agent.work / "job.sh", JOBDW)
+    past = f"{time.time() - 1:.3f}"
+    conn = raw_request(agent, "setup", ["51", uid, gid, "dws", "1", path], DWSBRIDGE_DEADLINE=past)
+    reply = read_reply(conn)
+    assert reply.startswith(hookclient.REPLY_FALLBACK + b"expired: "), reply
+    assert result(agent.hook("get_status", "workflow", "51"))[1].startswith("No workflow for job 51 ")
+
+
+def test_a_job_process_the_agent_does_not_answer_in_time_is_refused_not_validated_again(
+    agent: RunningAgent,
+) -> None:
+    path = script(agent.work / "job.sh", JOBDW + " colour=blue")
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        output = agent.hook("job_process", path)
+        pools = agent.hook("pools")
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    rc, payload = result(output)
+    assert rc == 1 and "the bridge agent did not answer in time" in payload
+    assert "'colour'" not in payload  # no second validation in-process
+    assert result(pools) == result(agent.hook("pools", agent=False))  # pools does run in-process
+
+
+def test_a_long_hook_sends_heartbeats_and_never_holds_up_the_others(
+    world_tmp: Path, job_user: object
+) -> None:
+    uid, gid = str(getattr(job_user, "pw_uid")), str(getattr(job_user, "pw_gid"))  # noqa: B009
+    config = world_tmp / "dwsbridge.yaml"
+    config.write_text(
+        f"backend: local\nroot: {world_tmp / 'root'}\npool_size: 1TiB\nstate_timeout: 60\n"
+        "orphan_sweep_interval: 0\ndata_movement_profiles:\n  slow: {workers: 1, bwlimit: 1048576}\n"
+    )
+    running = start_agent(world_tmp, config)
+    try:
+        source = world_tmp / "in.bin"
+        source.write_bytes(os.urandom(3 << 20))  # three seconds at 1 MiB/s
+        os.chmod(source, 0o644)
+        path = script(
+            world_tmp / "job.sh",
+            JOBDW,
+            f"#DW copy_in source={source} destination=$DW_JOB_scratch/in.bin profile=slow",
+        )
+        assert result(running.hook("setup", "61", uid, gid, "dws", "1", path))[0] == 0
+        stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stalled.connect(str(running.socket))
+        stalled.sendall(b"DWSB1\0pools")  # and never finishes its request
+        slow = raw_request(running, "data_in", ["61", path])
+        first = slow.recv(1)
+        # the copy is running (a heartbeat came), another caller stalls: quick hooks still answer
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: result(running.hook("pools"))[0], range(16)))
+        assert answers == [0] * 16
+        reply = first + read_reply(slow)
+        beats = len(reply) - len(reply.lstrip(hookclient.HEARTBEAT_BYTE))
+        assert beats >= 1 and reply[beats:].startswith(hookclient.REPLY_OK), reply[:80]
+        assert hookclient.exit_code(hookclient.parse_reply(reply)) == 0
+        stalled.close()
+        assert result(running.hook("job_teardown", "61", path, "true"))[0] == 0
+    finally:
+        running.proc.send_signal(signal.SIGTERM)
+        running.proc.wait(timeout=60)
