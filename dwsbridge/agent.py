@@ -138,7 +138,7 @@ class Agent:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self.socket_path = os.path.abspath(socket_path)
-        if config_path:  # hooks see it as $DWSBRIDGE_CONFIG (the job_process cache stamps it too)
+        if config_path:  # hooks see it as $DWSBRIDGE_CONFIG
             os.environ["DWSBRIDGE_CONFIG"] = os.path.abspath(config_path)
         self.config_env = _normal_path(os.environ.get("DWSBRIDGE_CONFIG"))
         self.root_env = os.environ.get("DWSBRIDGE_ROOT", "")
@@ -199,8 +199,7 @@ class Agent:
         """The hook's output in the result protocol: its log lines, payload and status line."""
         served = self.served()
         lifecycle = Lifecycle(served.config, backend=served.shared_backend)
-        cache = env.get(slurm.CACHE_ENV, "")
-        hooks = slurm.SlurmHooks(served.config, lifecycle, cache_path=cache)
+        hooks = slurm.SlurmHooks(served.config, lifecycle)
         workflow = self._workflow_of(hook, args)
         self._enter(workflow)
         try:

@@ -34,13 +34,8 @@ VERSION = "DWSB1"
 SOCKET_ENV = "DWSBRIDGE_AGENT_SOCKET"  # set by burst_buffer.lua; unset or empty: no agent
 DEFAULT_SOCKET = "/run/dwsbridge/agent.sock"
 # What the agent must agree on with the hook's process (it refuses a request made for another
-# configuration), and what it needs to answer like the hook would (the job_process cache file).
-FORWARDED_ENV = (
-    "DWSBRIDGE_CONFIG",
-    "DWSBRIDGE_ROOT",
-    "DWSBRIDGE_JOB_PROCESS_CACHE",
-    "DWSBRIDGE_LOG_LEVEL",
-)
+# configuration), and what it needs to answer like the hook would.
+FORWARDED_ENV = ("DWSBRIDGE_CONFIG", "DWSBRIDGE_ROOT", "DWSBRIDGE_LOG_LEVEL")
 CONNECT_TIMEOUT = 1.0
 # job_process, pools and paths block slurmctld, and get_status a user at the terminal: if the agent
 # has not answered within BLOCKING_TIMEOUT seconds, the hook runs in-process instead (job_process is

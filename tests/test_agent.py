@@ -146,13 +146,6 @@ def test_job_process_through_the_agent_matches_in_process(agent: RunningAgent, v
     assert valid or "'colour'" in payload
 
 
-def test_job_process_through_the_agent_fills_the_callers_header_cache(agent: RunningAgent) -> None:
-    cache = agent.work / "cache" / "job_process.cache"
-    path = script(agent.work / "job.sh", JOBDW)
-    assert result(agent.hook("job_process", path, DWSBRIDGE_JOB_PROCESS_CACHE=str(cache)))[0] == 0
-    assert "\\n#DW jobdw type=xfs" in cache.read_text()
-
-
 def test_a_workflow_walks_from_setup_to_teardown_through_the_agent(
     agent: RunningAgent, job_user: object
 ) -> None:

@@ -18,10 +18,8 @@ from dwsbridge.slurm import (
     NOT_DIGITS,
     HookResult,
     SlurmHooks,
-    ValidatedHeaders,
     bbstat_words,
     run_hook,
-    script_header,
     write_result,
 )
 
@@ -416,63 +414,3 @@ def test_job_process_does_not_import_the_kubernetes_client_or_the_backend(
         [sys.executable, "-I", "-c", code, path], env=env, capture_output=True, text=True, check=False
     )
     assert "IMPORTED []" in proc.stderr, proc.stderr
-
-
-# --- the job_process cache ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cache_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "cache" / "job_process.cache"
-    monkeypatch.setenv("DWSBRIDGE_JOB_PROCESS_CACHE", str(path))
-    return path
-
-
-def test_job_process_records_the_header_it_accepted(
-    hooks: SlurmHooks, tmp_path: Path, cache_path: Path
-) -> None:
-    assert call(hooks, "job_process", script(tmp_path / "j", JOBDW)).ok
-    lines = cache_path.read_text().splitlines()
-    assert lines[0].startswith("dwsbridge job_process cache v1 pool=dws ")
-    assert lines[1:] == [f"#!/bin/bash\\n#SBATCH --time=1\\n{JOBDW}\\n"]
-
-
-def test_job_process_does_not_record_a_refused_header(
-    hooks: SlurmHooks, tmp_path: Path, cache_path: Path
-) -> None:
-    assert not call(hooks, "job_process", script(tmp_path / "j", JOBDW + " bogus=1")).ok
-    assert not cache_path.exists()
-
-
-def test_the_cache_keeps_the_most_recent_headers(tmp_path: Path) -> None:
-    cache = ValidatedHeaders(str(tmp_path / "c"), "s1", limit=3)
-    for i in range(5):
-        cache.add(f"#DW {i}\n")
-    assert (tmp_path / "c").read_text().splitlines()[1:] == ["#DW 2\\n", "#DW 3\\n", "#DW 4\\n"]
-
-
-def test_a_changed_stamp_empties_the_cache(tmp_path: Path) -> None:
-    ValidatedHeaders(str(tmp_path / "c"), "old").add("#DW x\n")
-    ValidatedHeaders(str(tmp_path / "c"), "new").refresh()
-    assert (tmp_path / "c").read_text() == "dwsbridge job_process cache v1 new\n"
-
-
-def test_pools_refreshes_the_cache_when_the_configuration_changes(tmp_path: Path, cache_path: Path) -> None:
-    path = script(tmp_path / "j", JOBDW)
-    call(SlurmHooks(Config(root=tmp_path / "r")), "job_process", path)
-    assert len(cache_path.read_text().splitlines()) == 2
-    call(SlurmHooks(Config(root=tmp_path / "r", pool_name="other")), "pools")
-    assert cache_path.read_text().splitlines()[1:] == []
-
-
-@pytest.mark.parametrize(
-    ("text", "header"),
-    [
-        ("#!/bin/sh\n#DW a\nhostname\n#DW b\n", "#!/bin/sh\n#DW a\n"),
-        ("#!/bin/sh\n\n#DW a\n  \n#DW b\n", "#!/bin/sh\n\n#DW a\n"),
-        ("#DW a\n#DW b", "#DW a\n#DW b"),
-        ("echo\n#DW a\n", ""),
-    ],
-)
-def test_script_header_is_the_leading_comment_block(text: str, header: str) -> None:
-    assert script_header(text) == header

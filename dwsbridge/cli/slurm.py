@@ -22,7 +22,6 @@ TASK_PROLOG_KEY = "TaskProlog"
 ENV_DIR_PLACEHOLDER = "@DWSBRIDGE_ENV_DIR@"
 PYTHON_PLACEHOLDER = "@DWSBRIDGE_PYTHON@"
 CONFIG_PLACEHOLDER = "@DWSBRIDGE_CONFIG@"
-CACHE_PLACEHOLDER = "@DWSBRIDGE_CACHE@"
 AGENT_SOCKET_PLACEHOLDER = "@DWSBRIDGE_AGENT_SOCKET@"
 LAUNCHER_PLACEHOLDER = "@DWSBRIDGE_LAUNCHER@"
 TIMEOUT_PLACEHOLDERS = {
@@ -41,7 +40,6 @@ LUA_CPATH = (
 )
 LUA_SOCKET_MODULE = "socket/unix"
 AGENT_UNIT = "dwsbridge-agent.service"
-CACHE_FILE = "slurm/job_process.cache"  # under the configured root
 
 INSTALL_EPILOG = f"""\
 examples:
@@ -94,12 +92,6 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="dwsbridge configuration file the hooks use (default: the hooks' own default, "
         "/etc/dwsbridge/config.yaml)",
-    )
-    install.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="always run the bridge for job_process (default: accept a script header the bridge "
-        "accepted before without starting Python; cache file <root>/slurm/job_process.cache)",
     )
     install.add_argument(
         "--no-check",
@@ -195,7 +187,6 @@ def lua_string_body(value: str) -> str:
 def render_lua(
     python: str,
     config: str | None,
-    cache: str | None = None,
     *,
     agent_socket: str | None = None,
     launcher: str | None = None,
@@ -205,7 +196,6 @@ def render_lua(
     for key, seconds in {**DEFAULT_TIMEOUTS, **(timeouts or {})}.items():
         text = text.replace(TIMEOUT_PLACEHOLDERS[key], f"{seconds:g}")
     text = text.replace(PYTHON_PLACEHOLDER, lua_string_body(python))
-    text = text.replace(CACHE_PLACEHOLDER, lua_string_body(cache or ""))
     text = text.replace(AGENT_SOCKET_PLACEHOLDER, lua_string_body(agent_socket or ""))
     text = text.replace(LAUNCHER_PLACEHOLDER, lua_string_body(launcher or ""))
     return text.replace(CONFIG_PLACEHOLDER, lua_string_body(config or ""))
@@ -252,11 +242,6 @@ def hooks_config(config: str | None) -> Config:
         return load_config(path) if path and os.path.isfile(path) else Config()
     except ConfigError:
         return Config()
-
-
-def default_cache(config: str | None) -> str:
-    """`<root>/slurm/job_process.cache`, root from the configuration the hooks will use."""
-    return os.path.join(os.path.abspath(hooks_config(config).root), CACHE_FILE)
 
 
 def default_env_dir(config: str | None) -> str:
@@ -312,7 +297,6 @@ def cmd_install(args: argparse.Namespace) -> int:
             render_lua(
                 python,
                 config,
-                None if args.no_cache else default_cache(config),
                 agent_socket=agent_socket,
                 launcher=launcher,
                 timeouts={

@@ -44,18 +44,14 @@ message. Lines before the payload that start with "@@DWSBRIDGE log " are the
 bridge's log lines and go to the slurmctld log. Output without a status line
 means the bridge crashed: the hook fails with the output's last lines.
 
-Fast path: the bridge records the header (leading comment block) of every job
-script whose #DW lines it accepted, in the root-only file CACHE. job_process
-accepts a script with a recorded header without starting Python. The bridge
-empties the file when the ruleset or configuration changes (checked at least
-every 30 s, at slurm_bb_pools), and setup validates every job again anyway.
+No header cache: validation in the agent takes ~0.1 ms, less than reading a
+cache file of accepted headers would (measured, BENCHMARKS.md "Slurm").
 
 Troubleshooting: grep the slurmctld log for "dwsbridge".
 ]]
 
 local PYTHON = "@DWSBRIDGE_PYTHON@"
 local CONFIG = "@DWSBRIDGE_CONFIG@"
-local CACHE = "@DWSBRIDGE_CACHE@"
 local AGENT_SOCKET = "@DWSBRIDGE_AGENT_SOCKET@"
 local LAUNCHER = "@DWSBRIDGE_LAUNCHER@"
 -- Seconds; "@...@" (not installed) gives the default after `or`.
@@ -69,7 +65,6 @@ local unpack = unpack or table.unpack -- Lua 5.1 has the global; 5.2+ moved it
 local STATUS_PATTERN = "^(.-)@@DWSBRIDGE rc=(%d+) len=(%d+)\n?$"
 local LOG_PREFIX = "@@DWSBRIDGE log "
 local CRASH_LINES = 5
-local HEADER_LIMIT = 16384
 
 -- A setting still holding its placeholder was never filled in by the installer.
 -- (The placeholder is built by concatenation so the installer cannot rewrite it.)
@@ -161,59 +156,10 @@ local function forward_logs(preamble)
 	end
 end
 
-local function read_file(path)
-	local f = io.open(path, "rb")
-	if not f then
-		return nil
-	end
-	local text = f:read("*a")
-	f:close()
-	return text
-end
-
--- The leading comment block: every line up to the first non-empty one not starting with "#".
-local function script_header(text)
-	local pos, len = 1, #text
-	while pos <= len do
-		local newline = string.find(text, "\n", pos, true)
-		local line = string.sub(text, pos, (newline or (len + 1)) - 1)
-		if line ~= "" and string.sub(line, 1, 1) ~= "#" then
-			break
-		end
-		pos = (newline or len) + 1
-	end
-	return string.sub(text, 1, pos - 1)
-end
-
-local function escape_header(header)
-	local escaped = string.gsub(header, "\\", "\\\\")
-	return (string.gsub(escaped, "\n", "\\n"))
-end
-
--- True when the bridge has already accepted a script with this header.
-local function accepted_before(script_path)
-	if not is_set(CACHE, "DWSBRIDGE_CACHE") then
-		return false
-	end
-	local cache = read_file(CACHE)
-	local text = cache and read_file(script_path)
-	if not text then
-		return false
-	end
-	local header = script_header((string.gsub(text, "%z+$", "")))
-	if header == "" or #header > HEADER_LIMIT then
-		return false
-	end
-	return string.find(cache, "\n" .. escape_header(header) .. "\n", 1, true) ~= nil
-end
-
 local function command_line(hook, args, relay)
 	local parts = {}
 	if is_set(CONFIG, "DWSBRIDGE_CONFIG") then
 		parts[#parts + 1] = "DWSBRIDGE_CONFIG=" .. shell_quote(CONFIG)
-	end
-	if is_set(CACHE, "DWSBRIDGE_CACHE") then
-		parts[#parts + 1] = "DWSBRIDGE_JOB_PROCESS_CACHE=" .. shell_quote(CACHE)
 	end
 	if relay and is_set(AGENT_SOCKET, "DWSBRIDGE_AGENT_SOCKET") then
 		parts[#parts + 1] = "DWSBRIDGE_AGENT_SOCKET=" .. shell_quote(AGENT_SOCKET)
@@ -241,9 +187,6 @@ local function agent_request(hook, args, deadline)
 	local env = {}
 	if is_set(CONFIG, "DWSBRIDGE_CONFIG") then
 		env[#env + 1] = "DWSBRIDGE_CONFIG=" .. CONFIG
-	end
-	if is_set(CACHE, "DWSBRIDGE_CACHE") then
-		env[#env + 1] = "DWSBRIDGE_JOB_PROCESS_CACHE=" .. CACHE
 	end
 	for _, name in ipairs(FORWARDED_ENV) do
 		local value = os.getenv(name)
@@ -410,10 +353,6 @@ end
 -- below take what 22.05 passes and the extras are ignored.
 
 function slurm_bb_job_process(script_path)
-	if accepted_before(as_text(script_path)) then
-		log("dwsbridge/lua: job_process job=- rc=success cached")
-		return slurm.SUCCESS
-	end
 	return call_bridge("job_process", nil, script_path)
 end
 
