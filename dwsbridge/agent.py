@@ -2,8 +2,10 @@
 
 Why: every hook is a fresh Python process. Starting it and importing the bridge (the lifecycle, the
 local backend, PyYAML; on the Kubernetes backend the `kubernetes` client and its kubeconfig) costs
-tens to hundreds of milliseconds, far more than the hook's own work. The agent pays that once; a
-hook process then only relays (dwsbridge.hookclient): ~10 ms.
+tens to hundreds of milliseconds, far more than the hook's own work. The agent pays that once;
+burst_buffer.lua then talks to it from Lua (lua-socket), or a small relay process does
+(dwsbridge.hookclient) where lua-socket is missing. Long hooks get a heartbeat (Heartbeat), and a
+request whose caller has given up is not started (expired).
 
 What it runs is exactly what `python -m dwsbridge.slurm HOOK ARGS` runs in-process: the same
 SlurmHooks handlers through `slurm.run_hook`, the same log lines and result protocol
