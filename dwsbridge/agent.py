@@ -150,6 +150,7 @@ class Agent:
         self.logs = RequestLogs()
         self._served: Served | None = None
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()
         self._stopping = threading.Event()
         self._busy: dict[str, int] = {}  # workflow name -> requests working on it
         # workflow name -> [lock, users]: a job's setup and teardown never overlap here (see run)
@@ -159,15 +160,26 @@ class Agent:
 
     # --- configuration --------------------------------------------------------------------------
     def served(self) -> Served:
-        """The current configuration; loaded again when its file has changed."""
+        """The current configuration; loaded again when its file has changed. One request reloads
+        (on the Kubernetes backend that connects to the API, which may be slow); the others answer
+        from the configuration they have meanwhile, never waiting for it."""
         stamp = file_stamp(self.config_file)
-        with self._lock:
+        current = self._served
+        if current is not None and current.stamp == stamp:
+            return current
+        if current is None:
+            self._reloading.acquire()
+        elif not self._reloading.acquire(blocking=False):
+            return current
+        try:
             if self._served is None or self._served.stamp != stamp:
                 reloading = self._served is not None
                 self._served = self._load(stamp)
                 if reloading:
                     _stderr_line(f"dwsbridge agent: reloaded {self.config_file or 'the defaults'}")
             return self._served
+        finally:
+            self._reloading.release()
 
     def _load(self, stamp: tuple[int, int] | None) -> Served:
         config = load_config(self.config_env or None)

@@ -480,3 +480,35 @@ def test_a_long_hook_sends_heartbeats_and_never_holds_up_the_others(
     finally:
         running.proc.send_signal(signal.SIGTERM)
         running.proc.wait(timeout=60)
+
+
+def test_a_slow_reload_never_holds_up_the_other_requests(
+    world_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the Kubernetes backend a reload connects to the API: the other hooks must not wait for it."""
+    import threading
+
+    config = world_tmp / "dwsbridge.yaml"
+    config.write_text(f"backend: local\nroot: {world_tmp / 'root'}\norphan_sweep_interval: 0\n")
+    monkeypatch.setenv("DWSBRIDGE_CONFIG", str(config))
+    agent = Agent(world_tmp / "agent.sock", config)
+    first = agent.served()
+    entered, gate = threading.Event(), threading.Event()
+    real_load = agent._load
+
+    def slow_load(stamp: tuple[int, int] | None) -> object:
+        entered.set()
+        gate.wait(30)
+        return real_load(stamp)
+
+    monkeypatch.setattr(agent, "_load", slow_load)
+    config.write_text(config.read_text() + "pool_name: other\n")
+    reloader = threading.Thread(target=agent.served)
+    reloader.start()
+    try:
+        assert entered.wait(30)
+        assert agent.served() is first  # answered at once, from the configuration it had
+    finally:
+        gate.set()
+        reloader.join(30)
+    assert agent.served().config.pool_name == "other"

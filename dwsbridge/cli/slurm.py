@@ -321,7 +321,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     start = f"{python} -I -S -c <launcher>" if launcher else f"{python} -I -m dwsbridge.slurm"
-    print(f"hooks run: {start}" + (f" (DWSBRIDGE_CONFIG={config})" if config else ""))
+    print(
+        f"hook processes (when the agent is not reached from Lua) run: {start}"
+        + (f" (DWSBRIDGE_CONFIG={config})" if config else "")
+    )
     if agent_socket is not None:
         command = f"{python} -I -m dwsbridge agent --socket {agent_socket}" + (
             f" --config {config}" if config else ""
