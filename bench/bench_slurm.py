@@ -387,15 +387,19 @@ per-round ratios (the machine is shared with other work).
 | --- | --- | --- | --- |
 {table}
 
-job_process runs inside slurmctld for every submission. burst_buffer.lua accepts a script whose
-header (leading comment block) the bridge accepted before without starting Python (cache file
-`<root>/slurm/job_process.cache`, emptied when the ruleset or configuration changes; setup validates
-again). A new header costs one hook process. With the bridge agent (`dwsbridge agent`, docs/slurm.md)
-that process only relays: `python -I -S -c <launcher>` (no `site`, so no editable-install finder),
-`_socket` (not `socket`, which imports `enum` and `selectors`) and no `json`: interpreter start ~7 ms
-plus a few ms of relay; the agent validates with everything already imported (1-3 ms). Without an
-agent the hook runs in-process: interpreter and `site` ~20 ms, `dwsbridge.directives` with
-`dataclasses`, `typing`, `re` and PyYAML (the NNF ruleset is YAML) ~25 ms.
+job_process runs inside slurmctld for every submission, and slurmctld waits for it. burst_buffer.lua
+hands it to the bridge agent over its Unix socket from Lua (Debian's lua-socket): no process is
+started; slurmctld's own figure (`ran for usec`, which includes loading burst_buffer.lua and
+lua-socket) is the one in the table. The agent validates a script in ~0.1 ms; the rest is the
+socket round trip and a thread start in the agent, and on this shared 2-core machine waiting for a
+core (load average {os.getloadavg()[0]:.0f} at the end of this run). There is no header cache any more:
+recording a new header cost ~3.5 ms, more than validating it. Without lua-socket the hook process
+relays to the agent (`python -I -S -c <launcher>`: no `site`, `_socket` only): interpreter start
+plus the relay. Without an agent the hook runs in-process: interpreter and `site` ~20 ms,
+`dwsbridge.directives` with `dataclasses`, `typing`, `re` and PyYAML (the NNF ruleset) ~25 ms.
+
+The load row: {args.load_streams} threads each run `sbatch --hold` of a new script one after another
+while `squeue` runs every 0.25 s; "0 failed" counts every sbatch exit status.
 
 The single-job overhead is the hook runs (through the agent 1-90 ms of work each, the copies
 dominating; in-process 50-90 ms each more: interpreter, lifecycle and local backend imports) plus
