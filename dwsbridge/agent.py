@@ -37,7 +37,6 @@ import os
 import signal
 import socket
 import stat
-import struct
 import sys
 import threading
 import time
@@ -126,9 +125,7 @@ def _normal_path(value: str | None) -> str:
     return os.path.abspath(value) if value else ""
 
 
-def peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+peer_uid = hookclient.peer_uid
 
 
 class Agent:

@@ -29,6 +29,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
 VERSION = "DWSB1"
 SOCKET_ENV = "DWSBRIDGE_AGENT_SOCKET"  # set by burst_buffer.lua; unset or empty: no agent
@@ -108,6 +109,9 @@ def call_agent(path: str, hook: str, args: Sequence[str], env: dict[str, str] | 
             unavailable = AgentUnavailable(f"cannot connect to {path}: {exc.strerror or exc}")
             unavailable.quiet = isinstance(exc, (FileNotFoundError, ConnectionRefusedError))
             raise unavailable from None
+        owner = peer_uid(sock)
+        if owner != 0:  # someone else's socket in the agent's place: never hand it a hook
+            raise AgentUnavailable(f"{path} is served by uid {owner}, not root: not using it")
         try:
             sock.settimeout(timeout)
             sock.sendall(encode_request(hook, args, env))
@@ -127,6 +131,14 @@ def call_agent(path: str, hook: str, args: Sequence[str], env: dict[str, str] | 
     finally:
         sock.close()
     return parse_reply(b"".join(chunks), path)
+
+
+def peer_uid(sock: Any) -> int:
+    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
+    import _socket
+
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # struct ucred: pid, uid, gid
+    return int.from_bytes(creds[4:8], sys.byteorder)
 
 
 def parse_reply(reply: bytes, path: str = "agent") -> bytes:

@@ -512,3 +512,34 @@ def test_a_slow_reload_never_holds_up_the_other_requests(
         gate.set()
         reloader.join(30)
     assert agent.served().config.pool_name == "other"
+
+
+def test_the_relay_never_hands_a_hook_to_a_socket_another_user_serves(agent: RunningAgent) -> None:
+    """A user who gets a socket of theirs where the hooks look for the agent (a misconfigured path)
+    must not be able to answer for it: here their server accepts every job it is asked about."""
+    uid, gid = ensure_user("dwsbt-squatter")
+    squat = agent.work / "squat"
+    squat.mkdir()
+    os.chown(squat, uid, gid)
+    path = squat / "agent.sock"
+    code = (
+        "import os, socket, sys\n"
+        f"s = socket.socket(socket.AF_UNIX); s.bind({str(path)!r}); os.chmod({str(path)!r}, 0o777)\n"
+        "s.listen(8); print('ready', flush=True)\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.recv(65536)\n"
+        "    c.sendall(b'DWSB1 OK\\n\\n@@DWSBRIDGE rc=0 len=0\\n'); c.close()\n"
+    )
+    server = subprocess.Popen(
+        [PY, "-I", "-S", "-c", code], user=uid, group=gid, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+        invalid = script(agent.work / "job.sh", JOBDW + " colour=blue")
+        output = agent.hook("job_process", invalid, DWSBRIDGE_AGENT_SOCKET=str(path), agent=False)
+    finally:
+        server.kill()
+        server.wait(30)
+    rc, payload = result(output)
+    assert rc == 1 and "'colour'" in payload  # validated in-process, not accepted by the squatter
+    assert f"served by uid {uid}, not root".encode() in output

@@ -541,3 +541,16 @@ def test_install_refuses_a_missing_directory_and_a_broken_interpreter(tmp_path: 
     assert main(["slurm", "install", "--etc", str(tmp_path / "nope")]) == 2
     assert main(["slurm", "install", "--etc", str(tmp_path), "--python", "/bin/false"]) == 2
     assert not (tmp_path / "burst_buffer.lua").exists()
+
+
+def test_install_refuses_an_agent_socket_another_user_could_serve(tmp_path: Path) -> None:
+    """burst_buffer.lua cannot ask who serves the socket: nobody but root may be able to create it."""
+    from dwsbridge.cli import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    for sock in (shared / "agent.sock", shared / "not-yet" / "agent.sock"):
+        args = ["slurm", "install", "--etc", str(tmp_path), "--no-check", "--agent-socket", str(sock)]
+        assert main(args) == 2
+    assert not (tmp_path / "burst_buffer.lua").exists()

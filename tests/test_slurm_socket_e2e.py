@@ -67,8 +67,16 @@ class Cluster(LocalSlurmCluster):
         return found
 
     def job_hooks(self, mark: int, job: str) -> dict[str, tuple[str, str]]:
-        """hook -> (rc, via) of the job's hooks logged since `mark` (the last of each)."""
-        return {h: (rc, via + rest) for h, j, rc, _, via, rest in self.hooks_since(mark) if j == job}
+        """hook -> (rc, via) of the job's hooks logged since `mark` (the last of each), once its
+        teardown's line is there (slurmctld may write it after the workflow is gone)."""
+
+        def logged() -> dict[str, tuple[str, str]]:
+            found = {h: (rc, via + rest) for h, j, rc, _, via, rest in self.hooks_since(mark) if j == job}
+            return found if "job_teardown" in found else {}
+
+        found = wait_for(logged, f"job {job}'s teardown in slurmctld's log", timeout=30)
+        assert isinstance(found, dict)
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +217,10 @@ def test_a_sigstopped_agent_never_stalls_slurmctld_and_never_runs_stale_requests
     refusals = [q for q in quick if q[0] == "job_process"]
     assert len(refusals) == 2 and all(rc == "error" and via == "agent" for _, rc, _, via in refusals)
     assert all(ms < (ANSWER_TIMEOUT + CONNECT_TIMEOUT) * 1000 for _, _, ms, _ in quick), quick
+    # Slurm may stage a held job in (setup, data_in) before it is released: those may have been served
+    # by the agent before it was stopped; every hook after, from paths on, ran in a process.
     hooks = cluster.job_hooks(mark, held)
-    assert set(hooks) == set(JOB_HOOKS)
+    assert set(JOB_HOOKS) - {"setup", "data_in"} <= set(hooks)
     assert all(rc == "success" and via.startswith("process (agent ") for rc, via in hooks.values()), hooks
     assert str(cluster.storage(held)) in text(work / "job.sh.out")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import stat
 import subprocess
 import sys
 from importlib import resources
@@ -170,6 +171,34 @@ def lua_socket_path(cpath: str | None = None) -> str | None:
     return None
 
 
+def check_socket_directory(socket_path: str) -> None:
+    """Refuse an agent socket another user could put their own socket in place of: burst_buffer.lua
+    cannot ask who serves a socket, so no one but root may be able to create one there. Every
+    directory above it must be root's and writable by root alone, except a sticky one (like /tmp)
+    whose entry below it is root's; a directory still to be made needs a root-only parent."""
+    path = os.path.dirname(os.path.abspath(socket_path))
+    child_is_roots = False  # of the entry below: anyone who may write the socket's directory may squat it
+    while True:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            child_is_roots = False  # whoever may write the parent may make it
+        else:
+            mode = stat.S_IMODE(st.st_mode)
+            sticky_ok = bool(mode & stat.S_ISVTX) and child_is_roots
+            if st.st_uid != 0 or (mode & 0o022 and not sticky_ok) or stat.S_ISLNK(st.st_mode):
+                raise ConfigError(
+                    f"the agent socket {socket_path} is unsafe: {path} is uid {st.st_uid}, mode {mode:04o}"
+                    f"{' (a symlink)' if stat.S_ISLNK(st.st_mode) else ''}, so another user could serve it"
+                    " in the agent's place; choose a directory only root can write (default "
+                    "/run/dwsbridge)"
+                )
+            child_is_roots = True
+        if path == "/":
+            return
+        path = os.path.dirname(path)
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
@@ -282,6 +311,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         check_interpreter(python)
 
     agent_socket = None if args.no_agent else os.path.abspath(args.agent_socket)
+    if agent_socket is not None:
+        check_socket_directory(agent_socket)
     launcher = None
     if not args.no_launcher:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
