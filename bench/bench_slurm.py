@@ -400,9 +400,11 @@ plus the relay. Without an agent the hook runs in-process: interpreter and `site
 The load row: {args.load_streams} threads each run `sbatch --hold` of a new script one after another
 while `squeue` runs every 0.25 s; "0 failed" counts every sbatch exit status.
 
-The single-job overhead is the hook runs (through the agent 1-90 ms of work each, the copies
-dominating; in-process 50-90 ms each more: interpreter, lifecycle and local backend imports) plus
-Slurm's own scheduling passes between stage-in and start.
+The single-job overhead is the hook runs (through the agent 2-70 ms of work each, the copies
+dominating, ~0.15 s in all; in-process 50-90 ms each more: interpreter, lifecycle and local backend
+imports) plus Slurm's own scheduling passes (`sched_interval=1`): slurmctld's log shows stage-in
+starting at the first pass after submission and the job at a later one, so the figure moves in
+steps of about a second between runs (the 2026-11-23 run measured 1.01 s for the same job).
 """
     print(section)
     if not args.no_write:
