@@ -4,8 +4,12 @@
      slurmctld for each), with dwsbridge's burst_buffer.lua and with a no-op one (the limit);
   2. wall time of one #DW job (jobdw + copy_in + copy_out, submit to teardown done) vs the same job
      without #DW lines;
-  3. job_process latency: the hook process timed directly (through the bridge agent, as burst_buffer.lua
-     runs it, and in-process without an agent), and as slurmctld's log reports it.
+  3. job_process latency: as slurmctld itself reports it (DebugFlags=BurstBuffer: "slurm_bb_job_process
+     ran for usec=N", which includes loading burst_buffer.lua), median and p99, for both plugins; and
+     the hook process timed directly (the relay burst_buffer.lua starts without lua-socket, and
+     in-process without an agent);
+  4. load (--load-seconds): 16 concurrent sbatch streams of different #DW scripts; every submission
+     must succeed and `squeue` must answer within 1 s throughout (a benchmark, not a test: 60 s).
 The cluster runs the bridge agent (testenv/slurm-cluster starts it); the single-job wall time is also
 measured with the agent stopped (every hook in-process), the figure before the agent existed.
 
@@ -59,9 +63,10 @@ class Bench:
         self.env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "DWSB_SLURM_BASE": str(BASE),
-            "DWSB_SLURM_CTLD_PORT": "6847",
-            "DWSB_SLURM_SLURMD_PORT": "6848",
+            "DWSB_SLURM_CTLD_PORT": os.environ.get("DWSB_BENCH_CTLD_PORT", "6847"),
+            "DWSB_SLURM_SLURMD_PORT": os.environ.get("DWSB_BENCH_SLURMD_PORT", "6848"),
             "DWSB_SLURM_USER": USER,
+            "DWSB_SLURM_MAX_JOBS": "100000",  # the load check submits thousands; finished ones stay 300 s
             "SLURM_CONF": str(BASE / "etc" / "slurm.conf"),
         }
         self.work = BASE / "jobs" / "bench"
@@ -169,9 +174,75 @@ class Bench:
             cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         return statistics.median(walls) * 1000, statistics.median(cpus) * 1000
 
-    def job_process_logged(self) -> list[float]:
-        text = (BASE / "log" / "slurmctld.log").read_text(errors="replace")
-        return [float(ms) for ms in re.findall(r"dwsbridge/lua: job_process job=- rc=success (\d+)ms", text)]
+    def log_size(self) -> int:
+        return (BASE / "log" / "slurmctld.log").stat().st_size
+
+    def job_process_usec(self, start: int, end: int) -> list[float]:
+        """job_process durations (ms) slurmctld logged between two log offsets."""
+        with open(BASE / "log" / "slurmctld.log", "rb") as log:
+            log.seek(start)
+            text = log.read(end - start).decode(errors="replace")
+        return [int(us) / 1000 for us in re.findall(r"slurm_bb_job_process ran for usec=(\d+)", text)]
+
+    # 4. load ---------------------------------------------------------------------------------------
+    def load(self, seconds: float, streams: int) -> dict[str, float]:
+        """`streams` threads each submitting different held #DW scripts one after another for `seconds`,
+        while another runs `squeue` every 0.25 s and records how long it takes."""
+        import threading
+
+        stop = time.monotonic() + seconds
+        counts = {"submitted": 0, "failed": 0}
+        lock = threading.Lock()
+        squeue_ms: list[float] = []
+        errors: list[str] = []
+
+        def stream(k: int) -> None:
+            i = 0
+            while time.monotonic() < stop:
+                name = self.distinct_script(k * 100000 + i)
+                argv = ["sbatch", "--parsable", "--hold", "-D", str(self.work), str(self.work / name)]
+                try:
+                    proc = self.run(*argv, user=True, check=False)
+                    ok, why = proc.returncode == 0, proc.stderr.strip()[-200:]
+                except subprocess.TimeoutExpired:
+                    ok, why = False, "sbatch did not return within 120 s"
+                with lock:
+                    counts["submitted" if ok else "failed"] += 1
+                    if not ok and len(errors) < 3:
+                        errors.append(why)
+                i += 1
+
+        def monitor() -> None:
+            while time.monotonic() < stop:
+                start = time.perf_counter()
+                proc = self.run("squeue", "-h", "-o", "%i", check=False)
+                squeue_ms.append(
+                    (time.perf_counter() - start) * 1000 if proc.returncode == 0 else float("inf")
+                )
+                time.sleep(0.25)
+
+        threads = [threading.Thread(target=stream, args=(k,)) for k in range(streams)]
+        threads.append(threading.Thread(target=monitor))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.drain()
+        for message in errors:
+            print(f"load: failed submission: {message}", file=sys.stderr)
+        return {
+            "submitted": counts["submitted"],
+            "failed": counts["failed"],
+            "rate": counts["submitted"] / seconds,
+            "squeue_max": max(squeue_ms),
+            "squeue_median": statistics.median(squeue_ms),
+            "squeue_runs": len(squeue_ms),
+        }
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
 
 
 def main() -> int:
@@ -184,6 +255,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="single-job wall-time runs (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="submit-rate rounds per plugin (default 3)")
     parser.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+    parser.add_argument(
+        "--load-seconds", type=float, default=60, help="length of the load check (0: skip; default 60)"
+    )
+    parser.add_argument("--load-streams", type=int, default=16, help="concurrent sbatch streams (default 16)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_slurm: run as root (it runs the test cluster)", file=sys.stderr)
@@ -198,13 +273,17 @@ def main() -> int:
         # Alternate the plugins, pairing like with like, over a few rounds; the box is shared, so the
         # ratio reported is the median of the per-round ratios.
         rates: dict[str, list[float]] = {"plugin": [], "plugin-distinct": [], "noop": [], "noop-distinct": []}
+        inside: dict[str, list[float]] = {"plugin": [], "noop": []}  # job_process ms, slurmctld's figure
         for _ in range(args.rounds):
             for distinct in (False, True):
                 for plugin, text in (("plugin", real_lua), ("noop", NOOP_LUA)):
                     bench.lua.write_text(text)  # Slurm reloads burst_buffer.lua on every call
                     bench.submit_rate(3)  # warm up
                     key = f"{plugin}-distinct" if distinct else plugin
+                    start = bench.log_size()
                     rates[key].append(bench.submit_rate(args.jobs, distinct=distinct))
+                    if distinct:
+                        inside[plugin] += bench.job_process_usec(start, bench.log_size())
         bench.lua.write_text(real_lua)
         rate_plugin, rate_distinct = (
             statistics.median(rates["plugin"]),
@@ -218,7 +297,6 @@ def main() -> int:
         ratio_distinct = statistics.median(
             p / n for p, n in zip(rates["plugin-distinct"], rates["noop-distinct"], strict=True)
         )
-        logged = bench.job_process_logged()
 
         dw = [bench.job_wall("dwcopy.sh", dw=True) for _ in range(args.repeats)]
         plain = [bench.job_wall("plain.sh", dw=False) for _ in range(args.repeats)]
@@ -227,11 +305,14 @@ def main() -> int:
         dw_inproc = [bench.job_wall("dwcopy.sh", dw=True) for _ in range(args.repeats)]
         jp_wall_inproc, jp_cpu_inproc = bench.job_process_direct(agent=False)
         bench.cluster("agent-start")
+        # Last: cancelling thousands of held jobs keeps slurmscriptd busy with teardowns for a while.
+        load = bench.load(args.load_seconds, args.load_streams) if args.load_seconds > 0 else None
     finally:
         bench.cluster("stop")
 
     dw_med, plain_med = statistics.median(dw), statistics.median(plain)
-    logged_med = statistics.median(logged) if logged else float("nan")
+    jp_med, jp_p99 = statistics.median(inside["plugin"]), p99(inside["plugin"])
+    noop_med, noop_p99 = statistics.median(inside["noop"]), p99(inside["noop"])
     overhead = dw_med - plain_med
     overhead_inproc = statistics.median(dw_inproc) - plain_med
 
@@ -243,13 +324,19 @@ def main() -> int:
             f"Submit rate, {args.jobs} held `#DW` jobs of one script, one sbatch at a time",
             f"{rate_plugin:.1f} jobs/s",
             f"no-op burst_buffer.lua: {rate_noop:.1f} jobs/s ({ratio:.2f}x)",
-            f">= 0.8x: {goal(ratio >= 0.8)}",
+            f">= 0.9x: {goal(ratio >= 0.9)}",
         ),
         (
             "Same, every script different (no cache hit)",
             f"{rate_distinct:.1f} jobs/s",
             f"no-op: {rate_noop_distinct:.1f} jobs/s ({ratio_distinct:.2f}x)",
-            f">= 0.8x: {goal(ratio_distinct >= 0.8)}",
+            f">= 0.9x: {goal(ratio_distinct >= 0.9)}",
+        ),
+        (
+            f"job_process inside slurmctld (`ran for usec`), new scripts, {len(inside['plugin'])} calls",
+            f"median {jp_med:.2f} ms, p99 {jp_p99:.2f} ms",
+            f"no-op: median {noop_med:.2f} ms, p99 {noop_p99:.2f} ms",
+            f"< 3 ms / < 10 ms: {goal(jp_med < 3 and jp_p99 < 10)}",
         ),
         (
             f"One job, submit to teardown done (jobdw + copy_in + copy_out), median of {args.repeats}",
@@ -264,7 +351,7 @@ def main() -> int:
             "",
         ),
         (
-            "job_process hook process, through the agent (launcher `python -I -S -c`), median of 41",
+            "job_process relay process without lua-socket (launcher `python -I -S -c`), median of 41",
             f"{jp_wall:.1f} ms wall, {jp_cpu:.1f} ms CPU",
             "",
             f"< 20 ms: {goal(jp_wall < 20)}",
@@ -275,13 +362,18 @@ def main() -> int:
             "",
             "",
         ),
-        (
-            f"job_process in slurmctld (popen + sh + hook process, cache misses), median of {len(logged)}",
-            f"{logged_med:.0f} ms",
-            "",
-            "",
-        ),
     ]
+    if load is not None:
+        rows.append(
+            (
+                f"Load: {args.load_streams} concurrent sbatch streams of different `#DW` scripts for "
+                f"{args.load_seconds:g} s",
+                f"{load['submitted']:.0f} submitted ({load['rate']:.1f}/s), {load['failed']:.0f} failed",
+                f"`squeue` every 0.25 s ({load['squeue_runs']:.0f} runs): "
+                f"median {load['squeue_median']:.0f} ms, max {load['squeue_max']:.0f} ms",
+                f"0 failed, squeue < 1 s: {goal(load['failed'] == 0 and load['squeue_max'] < 1000)}",
+            )
+        )
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
     section = f"""## Slurm
 
@@ -296,19 +388,26 @@ per-round ratios (the machine is shared with other work).
 | --- | --- | --- | --- |
 {table}
 
-job_process runs inside slurmctld for every submission. burst_buffer.lua accepts a script whose
-header (leading comment block) the bridge accepted before without starting Python (cache file
-`<root>/slurm/job_process.cache`, emptied when the ruleset or configuration changes; setup validates
-again). A new header costs one hook process. With the bridge agent (`dwsbridge agent`, docs/slurm.md)
-that process only relays: `python -I -S -c <launcher>` (no `site`, so no editable-install finder),
-`_socket` (not `socket`, which imports `enum` and `selectors`) and no `json`: interpreter start ~7 ms
-plus a few ms of relay; the agent validates with everything already imported (1-3 ms). Without an
-agent the hook runs in-process: interpreter and `site` ~20 ms, `dwsbridge.directives` with
-`dataclasses`, `typing`, `re` and PyYAML (the NNF ruleset is YAML) ~25 ms.
+job_process runs inside slurmctld for every submission, and slurmctld waits for it. burst_buffer.lua
+hands it to the bridge agent over its Unix socket from Lua (Debian's lua-socket): no process is
+started; slurmctld's own figure (`ran for usec`, which includes loading burst_buffer.lua and
+lua-socket) is the one in the table. The agent validates a script in ~0.1 ms; the rest is the
+socket round trip and a thread start in the agent, and on this shared 2-core machine waiting for a
+core (load average {os.getloadavg()[0]:.0f} at the end of this run; the benchmark and its cluster ran at
+niceness {os.nice(0)}). There is no header cache any more:
+recording a new header cost ~3.5 ms, more than validating it. Without lua-socket the hook process
+relays to the agent (`python -I -S -c <launcher>`: no `site`, `_socket` only): interpreter start
+plus the relay. Without an agent the hook runs in-process: interpreter and `site` ~20 ms,
+`dwsbridge.directives` with `dataclasses`, `typing`, `re` and PyYAML (the NNF ruleset) ~25 ms.
 
-The single-job overhead is the hook runs (through the agent 1-90 ms of work each, the copies
-dominating; in-process 50-90 ms each more: interpreter, lifecycle and local backend imports) plus
-Slurm's own scheduling passes between stage-in and start.
+The load row: {args.load_streams} threads each run `sbatch --hold` of a new script one after another
+while `squeue` runs every 0.25 s; "0 failed" counts every sbatch exit status.
+
+The single-job overhead is the hook runs (through the agent 2-70 ms of work each, the copies
+dominating, ~0.15 s in all; in-process 50-90 ms each more: interpreter, lifecycle and local backend
+imports) plus Slurm's own scheduling passes (`sched_interval=1`): slurmctld's log shows stage-in
+starting at the first pass after submission and the job at a later one, so the figure moves in
+steps of about a second between runs (the 2026-11-23 run measured 1.01 s for the same job).
 """
     print(section)
     if not args.no_write:

@@ -2,8 +2,10 @@
 
 Why: every hook is a fresh Python process. Starting it and importing the bridge (the lifecycle, the
 local backend, PyYAML; on the Kubernetes backend the `kubernetes` client and its kubeconfig) costs
-tens to hundreds of milliseconds, far more than the hook's own work. The agent pays that once; a
-hook process then only relays (dwsbridge.hookclient): ~10 ms.
+tens to hundreds of milliseconds, far more than the hook's own work. The agent pays that once;
+burst_buffer.lua then talks to it from Lua (lua-socket), or a small relay process does
+(dwsbridge.hookclient) where lua-socket is missing. Long hooks get a heartbeat (Heartbeat), and a
+request whose caller has given up is not started (expired).
 
 What it runs is exactly what `python -m dwsbridge.slurm HOOK ARGS` runs in-process: the same
 SlurmHooks handlers through `slurm.run_hook`, the same log lines and result protocol
@@ -35,7 +37,6 @@ import os
 import signal
 import socket
 import stat
-import struct
 import sys
 import threading
 import time
@@ -124,9 +125,7 @@ def _normal_path(value: str | None) -> str:
     return os.path.abspath(value) if value else ""
 
 
-def peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+peer_uid = hookclient.peer_uid
 
 
 class Agent:
@@ -138,7 +137,7 @@ class Agent:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self.socket_path = os.path.abspath(socket_path)
-        if config_path:  # hooks see it as $DWSBRIDGE_CONFIG (the job_process cache stamps it too)
+        if config_path:  # hooks see it as $DWSBRIDGE_CONFIG
             os.environ["DWSBRIDGE_CONFIG"] = os.path.abspath(config_path)
         self.config_env = _normal_path(os.environ.get("DWSBRIDGE_CONFIG"))
         self.root_env = os.environ.get("DWSBRIDGE_ROOT", "")
@@ -148,6 +147,7 @@ class Agent:
         self.logs = RequestLogs()
         self._served: Served | None = None
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()
         self._stopping = threading.Event()
         self._busy: dict[str, int] = {}  # workflow name -> requests working on it
         # workflow name -> [lock, users]: a job's setup and teardown never overlap here (see run)
@@ -157,15 +157,26 @@ class Agent:
 
     # --- configuration --------------------------------------------------------------------------
     def served(self) -> Served:
-        """The current configuration; loaded again when its file has changed."""
+        """The current configuration; loaded again when its file has changed. One request reloads
+        (on the Kubernetes backend that connects to the API, which may be slow); the others answer
+        from the configuration they have meanwhile, never waiting for it."""
         stamp = file_stamp(self.config_file)
-        with self._lock:
+        current = self._served
+        if current is not None and current.stamp == stamp:
+            return current
+        if current is None:
+            self._reloading.acquire()
+        elif not self._reloading.acquire(blocking=False):
+            return current
+        try:
             if self._served is None or self._served.stamp != stamp:
                 reloading = self._served is not None
                 self._served = self._load(stamp)
                 if reloading:
                     _stderr_line(f"dwsbridge agent: reloaded {self.config_file or 'the defaults'}")
             return self._served
+        finally:
+            self._reloading.release()
 
     def _load(self, stamp: tuple[int, int] | None) -> Served:
         config = load_config(self.config_env or None)
@@ -199,8 +210,7 @@ class Agent:
         """The hook's output in the result protocol: its log lines, payload and status line."""
         served = self.served()
         lifecycle = Lifecycle(served.config, backend=served.shared_backend)
-        cache = env.get(slurm.CACHE_ENV, "")
-        hooks = slurm.SlurmHooks(served.config, lifecycle, cache_path=cache)
+        hooks = slurm.SlurmHooks(served.config, lifecycle)
         workflow = self._workflow_of(hook, args)
         self._enter(workflow)
         try:
@@ -284,20 +294,22 @@ class Agent:
                 return
             hook, args, env = hookclient.decode_request(request)
             job = slurm._job_of(hook, args)  # the job label the hook logs use
-            reason = self.mismatch(env)
+            reason = self.mismatch(env) or expired(env.pop(hookclient.DEADLINE_ENV, ""))
             if reason:
-                outcome = "fallback"
-                conn.sendall(hookclient.REPLY_FALLBACK + reason.encode() + b"\n")
+                outcome = f"fallback ({reason})"
+                with contextlib.suppress(OSError):  # an expired request's caller is usually gone
+                    conn.sendall(hookclient.REPLY_FALLBACK + reason.encode() + b"\n")
                 return
-            try:
-                output = self.run(hook, args, env)
-            except ConfigError as exc:  # the hook in-process reports it exactly as it would without us
-                outcome = "fallback"
-                conn.sendall(hookclient.REPLY_FALLBACK + f"configuration: {exc}".encode() + b"\n")
-                return
-            outcome = f"rc={hookclient.exit_code(output)}"
             conn.settimeout(None)
-            conn.sendall(hookclient.REPLY_OK + output)
+            with Heartbeat(conn, enabled=hook not in hookclient.BLOCKING_HOOKS) as heartbeat:
+                try:
+                    output = self.run(hook, args, env)
+                except ConfigError as exc:  # the hook in-process reports it exactly as it would without us
+                    outcome = "fallback"
+                    heartbeat.send(hookclient.REPLY_FALLBACK + f"configuration: {exc}".encode() + b"\n")
+                    return
+                outcome = f"rc={hookclient.exit_code(output)}"
+                heartbeat.send(hookclient.REPLY_OK + output)
         except BaseException as exc:  # one request's crash never stops the agent
             outcome = f"crash {type(exc).__name__}: {exc}"
             with contextlib.suppress(OSError):
@@ -421,6 +433,52 @@ class Agent:
             _stderr_line(f"dwsbridge agent: stopping with {left} request(s) unfinished (they fall back)")
         _stderr_line("dwsbridge agent: stopped")
         return 0
+
+
+def expired(deadline: str) -> str:
+    """Why a request must not start (its caller gave up waiting at `deadline`), or ""."""
+    try:
+        late = time.time() - float(deadline)
+    except ValueError:
+        return ""
+    return f"expired: read {late:.1f}s after its caller gave up" if late > 0 else ""
+
+
+class Heartbeat:
+    """Sends "." every hookclient.HEARTBEAT seconds while a long hook runs, so that its caller can tell
+    a busy agent from a hung one; the reply itself goes through send(), never interleaved with a beat.
+    A caller that has gone only stops the beats: the hook runs on (Slurm may have killed its helper)."""
+
+    def __init__(self, conn: socket.socket, *, enabled: bool) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True) if enabled else None
+
+    def __enter__(self) -> Heartbeat:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(hookclient.HEARTBEAT):
+            with self._lock:
+                if self._done.is_set():
+                    return
+                try:
+                    self._conn.sendall(hookclient.HEARTBEAT_BYTE)
+                except OSError:
+                    return
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            self._done.set()
+            self._conn.sendall(data)
 
 
 def _read_all(conn: socket.socket) -> bytes:

@@ -14,7 +14,9 @@ anything else is left out (and logged by the caller) rather than mangled or spli
 
 The file holds the workflow token: it is mode 0600, owned by the job's user, in a directory owned by
 root that no one else may write (made 0711 when the bridge creates it, so other users cannot list
-which jobs have one).
+which jobs have one). The token never goes through `path_file`: slurmctld logs that file whole with
+`DebugFlags=BurstBuffer`. So on a backend whose environment is known at `paths`, `paths` writes the
+token (SECRET_NAMES) to the per-job file and the rest to `path_file`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ TASK_PROLOG_LINE_LIMIT = 4000
 DIRECTORY_MODE = 0o711
 FILE_MODE = 0o600
 SUFFIX = ".env"
+SECRET_NAMES = frozenset({"DW_WORKFLOW_TOKEN"})  # never in path_file: only in the 0600 per-job file
+
+
+def split_secrets(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(what may go through Slurm's path_file, what only the job's own 0600 file may carry)."""
+    public = {k: v for k, v in env.items() if k not in SECRET_NAMES}
+    return public, {k: v for k, v in env.items() if k in SECRET_NAMES}
 
 
 def env_lines(env: Mapping[str, str], *, line_limit: int | None = None) -> tuple[list[str], list[str]]:
@@ -138,4 +147,4 @@ class JobEnvFiles:
         return directory
 
 
-__all__ = ["NAME", "TASK_PROLOG_LINE_LIMIT", "JobEnvFiles", "env_lines"]
+__all__ = ["NAME", "SECRET_NAMES", "TASK_PROLOG_LINE_LIMIT", "JobEnvFiles", "env_lines", "split_secrets"]

@@ -18,22 +18,34 @@ from dwsbridge.lifecycle import Lifecycle, WorkflowStatus
 
 log = logging.getLogger("dwsbridge.orphans")
 
-_JOB_ID = re.compile(r"(?:^|\s)JobId=(\d+)\s")
+# One job id per line and nothing else: `scontrol -o show job` cannot be parsed safely, as a job name
+# may hold a newline followed by "JobId=N " (and bytes that are not UTF-8), both set by the job's user.
+# `--all` includes hidden partitions (a job there is still a job), `--array` every array task.
+SQUEUE = ("squeue", "--all", "--noheader", "--states=all", "--array", "--format=%A")
+_JOB_ID = re.compile(rb"[0-9]+")
 
 
 def slurm_job_ids(timeout: float = 30.0) -> set[str] | None:
     """Every job id slurmctld still holds (array tasks included), or None when it cannot be asked."""
     try:
-        proc = subprocess.run(
-            ["scontrol", "-o", "show", "job"], capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(list(SQUEUE), capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("orphan sweep skipped: cannot run scontrol: %s", exc)
+        log.warning("orphan sweep skipped: cannot run squeue: %s", exc)
         return None
     if proc.returncode != 0:
-        log.warning("orphan sweep skipped: scontrol failed: %s", proc.stderr.strip()[:200])
+        message = proc.stderr.decode("utf-8", "replace").strip()[:200]
+        log.warning("orphan sweep skipped: squeue failed: %s", message)
         return None
-    return {match.group(1) for match in _JOB_ID.finditer(proc.stdout)}
+    ids = set()
+    for line in proc.stdout.split(b"\n"):
+        word = line.strip()
+        if not word:
+            continue
+        if not _JOB_ID.fullmatch(word):  # a job squeue printed that we cannot name: never guess
+            log.warning("orphan sweep skipped: unexpected squeue line %r", word[:80])
+            return None
+        ids.add(str(int(word)))
+    return ids
 
 
 def orphans(statuses: Iterable[WorkflowStatus], known_jobs: set[str], min_age: float) -> list[WorkflowStatus]:

@@ -13,9 +13,7 @@ as the message Slurm shows (sbatch error, job reason, SystemComment).
 job_process, pools and paths run inside slurmctld and block it: they import only what they need
 (never the Kubernetes client) and never touch the network. On the Kubernetes backend the job's
 environment is final only at PreRun, after paths: pre_run writes it to a per-job file that Slurm's
-TaskProlog exports into every task (dwsbridge.job_env). job_process also
-records the header of every script it accepted in a small cache file (ValidatedHeaders), so that
-burst_buffer.lua can accept the same header again without starting Python at all.
+TaskProlog exports into every task (dwsbridge.job_env).
 """
 
 from __future__ import annotations
@@ -96,101 +94,6 @@ def failure(message: str) -> HookResult:
     return HookResult(False, message)
 
 
-# --- the job_process fast path ------------------------------------------------------------------
-
-CACHE_ENV = "DWSBRIDGE_JOB_PROCESS_CACHE"  # set by burst_buffer.lua: where the cache lives
-CACHE_MAGIC = "dwsbridge job_process cache v1"
-CACHE_LIMIT = 256  # headers kept
-HEADER_LIMIT = 16384  # longer headers are not cached
-
-
-def script_header(text: str) -> str:
-    """The leading comment block of a job script, where Slurm finds #DW lines: every line up to the
-    first non-empty line that does not start with '#'. burst_buffer.lua computes the same thing."""
-    end = 0
-    while end < len(text):
-        newline = text.find("\n", end)
-        line_end = len(text) if newline < 0 else newline + 1
-        line = text[end:line_end].rstrip("\n")
-        if line and not line.startswith("#"):
-            break
-        end = line_end
-    return text[:end]
-
-
-def escape_header(header: str) -> str:
-    """One cache line per header: backslashes and newlines escaped (as burst_buffer.lua does)."""
-    return header.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-class ValidatedHeaders:
-    """Headers of job scripts whose #DW lines passed validation under the current configuration.
-
-    A cache, never the last word: setup validates the directives again. The first line is a stamp of
-    everything validation depends on (dwsbridge's rules, the ruleset and config files, the pool); a
-    changed stamp empties the cache. Root-only file, rewritten atomically.
-    """
-
-    def __init__(self, path: str, stamp: str, limit: int = CACHE_LIMIT) -> None:
-        self.path = path
-        self.stamp = stamp
-        self.limit = limit
-
-    @staticmethod
-    def stamp_for(config: Config) -> str:
-        parts = [f"pool={config.pool_name}"]
-        import dwsbridge.directives as directives
-
-        files = [directives.__file__, str(config.ruleset or directives.BUNDLED_RULESET)]
-        files.append(os.environ.get("DWSBRIDGE_CONFIG") or "/etc/dwsbridge/config.yaml")
-        for name in files:
-            try:
-                st = os.stat(name)
-                parts.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
-            except OSError:
-                parts.append(f"{name}:-")
-        return " ".join(parts).replace("\n", " ")
-
-    def _read(self) -> list[str]:
-        try:
-            with open(self.path, encoding="utf-8", errors="surrogateescape") as cache:
-                lines = cache.read().split("\n")
-        except OSError:
-            return []
-        if lines[0] != f"{CACHE_MAGIC} {self.stamp}":
-            return []
-        return [line for line in lines[1:] if line]
-
-    def _write(self, entries: list[str]) -> None:
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        import _thread
-
-        tmp = f"{self.path}.{os.getpid()}.{_thread.get_ident()}.tmp"  # the agent writes from threads
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as cache:
-            cache.write("\n".join([f"{CACHE_MAGIC} {self.stamp}", *entries]) + "\n")
-        os.replace(tmp, self.path)
-
-    def add(self, header: str) -> None:
-        if not header or len(header) > HEADER_LIMIT:
-            return
-        entry = escape_header(header)
-        entries = [e for e in self._read() if e != entry]
-        entries.append(entry)
-        self._write(entries[-self.limit :])
-
-    def refresh(self) -> None:
-        """Empty the cache when what validation depends on has changed."""
-        try:
-            with open(self.path, encoding="utf-8", errors="surrogateescape") as cache:
-                first = cache.readline().rstrip("\n")
-        except OSError:
-            return
-        if first != f"{CACHE_MAGIC} {self.stamp}":
-            self._write([])
-
-
 # --- argument normalisation -------------------------------------------------------------------
 
 
@@ -246,12 +149,9 @@ class SlurmHooks:
         self,
         config: Config | None = None,
         lifecycle: Lifecycle | None = None,
-        *,
-        cache_path: str | None = None,
     ) -> None:
         self._config = config
         self._lifecycle = lifecycle
-        self._cache_path = cache_path  # None: $DWSBRIDGE_JOB_PROCESS_CACHE (the bridge agent passes it)
 
     @property
     def config(self) -> Config:
@@ -299,29 +199,10 @@ class SlurmHooks:
         if not items:
             return success()
         self.validated_directives(items)
-        cache = self.header_cache()
-        if cache is not None:
-            try:
-                cache.add(script_header(text))
-            except OSError as exc:  # the cache is an optimisation: never fail a submission for it
-                log().warning("job_process: cannot update %s: %s", cache.path, exc)
         return success()
-
-    def header_cache(self) -> ValidatedHeaders | None:
-        path = self._cache_path if self._cache_path is not None else os.environ.get(CACHE_ENV, "")
-        if not path:
-            return None
-        return ValidatedHeaders(path, ValidatedHeaders.stamp_for(self.config))
 
     def pools(self) -> HookResult:
         import json
-
-        cache = self.header_cache()
-        if cache is not None:
-            try:
-                cache.refresh()
-            except OSError as exc:
-                log().warning("pools: cannot refresh %s: %s", cache.path, exc)
 
         pools = [
             {"id": p.name, "quantity": int(p.quantity), "granularity": int(p.granularity)}
@@ -345,7 +226,11 @@ class SlurmHooks:
                 return success()
             env = {"DW_WORKFLOW_NAME": name, "DW_WORKFLOW_NAMESPACE": self.config.namespace}
         elif lc.exists(name):
-            env = lc.environment(name)
+            from dwsbridge.job_env import split_secrets
+
+            env, secrets = split_secrets(lc.environment(name))
+            if secrets:  # the token: the TaskProlog exports it from the job's 0600 file
+                self.write_job_env(job, name, secrets, hook="paths")
         else:
             return success()
         from dwsbridge.job_env import env_lines
@@ -423,24 +308,24 @@ class SlurmHooks:
         from dwsbridge.workflow import PRE_RUN
 
         if exists and self.lifecycle.env_known_at == PRE_RUN:
-            self.write_job_env(job, name)
+            self.write_job_env(job, name, self.lifecycle.environment(name), hook="pre_run")
         return result
 
-    def write_job_env(self, job: str, name: str) -> None:
-        """The environment `paths` could not know yet, for the TaskProlog (the job starts once
-        pre_run has succeeded, so every task sees it)."""
+    def write_job_env(self, job: str, name: str, env: dict[str, str], *, hook: str) -> None:
+        """Variables for the TaskProlog, in the job's 0600 file: what `paths` could not know yet
+        (the job starts once pre_run has succeeded, so every task sees it), and the token."""
         from dwsbridge.job_env import JobEnvFiles
 
-        env = self.lifecycle.environment(name)
         owner = self.lifecycle.status(name)
         files = JobEnvFiles(self.config.job_env_dir)
         skipped = files.write(job, env, uid=owner.uid, gid=owner.gid)
         for key in skipped:
-            log().warning("workflow=%s job=%s pre_run: skipped unsafe variable %r", name, job, key)
+            log().warning("workflow=%s job=%s %s: skipped unsafe variable %r", name, job, hook, key)
         log().info(
-            "workflow=%s job=%s pre_run: %d variable(s) for the TaskProlog in %s",
+            "workflow=%s job=%s %s: %d variable(s) for the TaskProlog in %s",
             name,
             job,
+            hook,
             len(env) - len(skipped),
             files.path(job),
         )

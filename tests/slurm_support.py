@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "testenv" / "slurm-cluster"
@@ -126,3 +126,45 @@ class SlurmCluster:
 
         what = f"job {job} to reach {'/'.join(states)} (is {self.state(job)})"
         return str(wait_for(reached, what, self.wait_timeout if timeout is None else timeout))
+
+
+@dataclass
+class LocalSlurmCluster(SlurmCluster):
+    """A cluster on the local backend, whose workflows and logs this (root) process reads directly."""
+
+    lifecycle: Any
+
+    def wait_gone(self, job: str, timeout: float = 60.0) -> None:
+        wait_for(lambda: not self.lifecycle.exists(f"bb{job}"), f"workflow bb{job} to be torn down", timeout)
+
+    def storage(self, job: str) -> Path:
+        return Path(self.lifecycle.config.root) / "storage" / "jobs" / f"bb{job}"
+
+    def log_lines(self, job: str = "") -> list[str]:
+        """slurmctld's dwsbridge lines (of `job` when given; "-" for job_process, pools, get_status)."""
+        lines = text(self.base / "log" / "slurmctld.log").splitlines()
+        return [line for line in lines if "dwsbridge" in line and (not job or f"job={job} " in line)]
+
+    def agent_lines(self) -> list[str]:
+        return text(self.base / "log" / "agent.log").splitlines()
+
+    def agent_pid(self) -> int:
+        return int(text(self.base / "run" / "agent.pid").strip())
+
+    def cluster(self, action: str) -> None:
+        subprocess.run([str(SCRIPT), action], env=self.env, check=True, timeout=120)
+
+
+def start_local_cluster(base: Path, ctld_port: str, slurmd_port: str) -> LocalSlurmCluster:
+    from dwsbridge.config import load_config
+    from dwsbridge.lifecycle import Lifecycle
+
+    env = slurm_env(base, ctld_port, slurmd_port)
+    subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=120)
+    return LocalSlurmCluster(env, pwd.getpwnam(USER), Lifecycle(load_config(base / "dwsbridge.yaml")))
+
+
+def stop_local_cluster(cluster: LocalSlurmCluster) -> None:
+    subprocess.run([str(SCRIPT), "stop"], env=cluster.env, check=False, timeout=120)
+    for daemon in ("slurmctld", "slurmd", "munged", "agent"):
+        assert not (cluster.base / "run" / f"{daemon}.pid").exists(), f"{daemon} left running"

@@ -146,13 +146,6 @@ def test_job_process_through_the_agent_matches_in_process(agent: RunningAgent, v
     assert valid or "'colour'" in payload
 
 
-def test_job_process_through_the_agent_fills_the_callers_header_cache(agent: RunningAgent) -> None:
-    cache = agent.work / "cache" / "job_process.cache"
-    path = script(agent.work / "job.sh", JOBDW)
-    assert result(agent.hook("job_process", path, DWSBRIDGE_JOB_PROCESS_CACHE=str(cache)))[0] == 0
-    assert "\\n#DW jobdw type=xfs" in cache.read_text()
-
-
 def test_a_workflow_walks_from_setup_to_teardown_through_the_agent(
     agent: RunningAgent, job_user: object
 ) -> None:
@@ -401,3 +394,152 @@ def test_a_teardown_waits_for_a_setup_still_running_for_its_job(
     teardown.join(60)
     assert not setup.is_alive() and not teardown.is_alive()
     assert not Lifecycle(load_config(config)).exists("bb41"), "the setup's workflow outlived its teardown"
+
+
+# --- timeouts, heartbeats, concurrency (issue 13) ----------------------------------------------------
+
+
+def raw_request(agent: RunningAgent, hook: str, args: list[str], **env: str) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(str(agent.socket))
+    conn.sendall(hookclient.encode_request(hook, args, {"DWSBRIDGE_CONFIG": str(agent.config), **env}))
+    conn.shutdown(socket.SHUT_WR)
+    return conn
+
+
+def read_reply(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    conn.close()
+    return b"".join(chunks)
+
+
+def test_a_request_read_after_its_caller_gave_up_is_not_run(agent: RunningAgent, job_user: object) -> None:
+    """A SIGSTOPped agent resumed later must not run what the hook has meanwhile done in-process."""
+    uid, gid = str(getattr(job_user, "pw_uid")), str(getattr(job_user, "pw_gid"))  # noqa: B009
+    path = script(agent.work / "job.sh", JOBDW)
+    past = f"{time.time() - 1:.3f}"
+    conn = raw_request(agent, "setup", ["51", uid, gid, "dws", "1", path], DWSBRIDGE_DEADLINE=past)
+    reply = read_reply(conn)
+    assert reply.startswith(hookclient.REPLY_FALLBACK + b"expired: "), reply
+    assert result(agent.hook("get_status", "workflow", "51"))[1].startswith("No workflow for job 51 ")
+
+
+def test_a_job_process_the_agent_does_not_answer_in_time_is_refused_not_validated_again(
+    agent: RunningAgent,
+) -> None:
+    path = script(agent.work / "job.sh", JOBDW + " colour=blue")
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        output = agent.hook("job_process", path)
+        pools = agent.hook("pools")
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    rc, payload = result(output)
+    assert rc == 1 and "the bridge agent did not answer in time" in payload
+    assert "'colour'" not in payload  # no second validation in-process
+    assert result(pools) == result(agent.hook("pools", agent=False))  # pools does run in-process
+
+
+def test_a_long_hook_sends_heartbeats_and_never_holds_up_the_others(
+    world_tmp: Path, job_user: object
+) -> None:
+    uid, gid = str(getattr(job_user, "pw_uid")), str(getattr(job_user, "pw_gid"))  # noqa: B009
+    config = world_tmp / "dwsbridge.yaml"
+    config.write_text(
+        f"backend: local\nroot: {world_tmp / 'root'}\npool_size: 1TiB\nstate_timeout: 60\n"
+        "orphan_sweep_interval: 0\ndata_movement_profiles:\n  slow: {workers: 1, bwlimit: 1048576}\n"
+    )
+    running = start_agent(world_tmp, config)
+    try:
+        source = world_tmp / "in.bin"
+        source.write_bytes(os.urandom(3 << 20))  # three seconds at 1 MiB/s
+        os.chmod(source, 0o644)
+        path = script(
+            world_tmp / "job.sh",
+            JOBDW,
+            f"#DW copy_in source={source} destination=$DW_JOB_scratch/in.bin profile=slow",
+        )
+        assert result(running.hook("setup", "61", uid, gid, "dws", "1", path))[0] == 0
+        stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stalled.connect(str(running.socket))
+        stalled.sendall(b"DWSB1\0pools")  # and never finishes its request
+        slow = raw_request(running, "data_in", ["61", path])
+        first = slow.recv(1)
+        # the copy is running (a heartbeat came), another caller stalls: quick hooks still answer
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: result(running.hook("pools"))[0], range(16)))
+        assert answers == [0] * 16
+        reply = first + read_reply(slow)
+        beats = len(reply) - len(reply.lstrip(hookclient.HEARTBEAT_BYTE))
+        assert beats >= 1 and reply[beats:].startswith(hookclient.REPLY_OK), reply[:80]
+        assert hookclient.exit_code(hookclient.parse_reply(reply)) == 0
+        stalled.close()
+        assert result(running.hook("job_teardown", "61", path, "true"))[0] == 0
+    finally:
+        running.proc.send_signal(signal.SIGTERM)
+        running.proc.wait(timeout=60)
+
+
+def test_a_slow_reload_never_holds_up_the_other_requests(
+    world_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the Kubernetes backend a reload connects to the API: the other hooks must not wait for it."""
+    import threading
+
+    config = world_tmp / "dwsbridge.yaml"
+    config.write_text(f"backend: local\nroot: {world_tmp / 'root'}\norphan_sweep_interval: 0\n")
+    monkeypatch.setenv("DWSBRIDGE_CONFIG", str(config))
+    agent = Agent(world_tmp / "agent.sock", config)
+    first = agent.served()
+    entered, gate = threading.Event(), threading.Event()
+    real_load = agent._load
+
+    def slow_load(stamp: tuple[int, int] | None) -> object:
+        entered.set()
+        gate.wait(30)
+        return real_load(stamp)
+
+    monkeypatch.setattr(agent, "_load", slow_load)
+    config.write_text(config.read_text() + "pool_name: other\n")
+    reloader = threading.Thread(target=agent.served)
+    reloader.start()
+    try:
+        assert entered.wait(30)
+        assert agent.served() is first  # answered at once, from the configuration it had
+    finally:
+        gate.set()
+        reloader.join(30)
+    assert agent.served().config.pool_name == "other"
+
+
+def test_the_relay_never_hands_a_hook_to_a_socket_another_user_serves(agent: RunningAgent) -> None:
+    """A user who gets a socket of theirs where the hooks look for the agent (a misconfigured path)
+    must not be able to answer for it: here their server accepts every job it is asked about."""
+    uid, gid = ensure_user("dwsbt-squatter")
+    squat = agent.work / "squat"
+    squat.mkdir()
+    os.chown(squat, uid, gid)
+    path = squat / "agent.sock"
+    code = (
+        "import os, socket, sys\n"
+        f"s = socket.socket(socket.AF_UNIX); s.bind({str(path)!r}); os.chmod({str(path)!r}, 0o777)\n"
+        "s.listen(8); print('ready', flush=True)\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.recv(65536)\n"
+        "    c.sendall(b'DWSB1 OK\\n\\n@@DWSBRIDGE rc=0 len=0\\n'); c.close()\n"
+    )
+    server = subprocess.Popen(
+        [PY, "-I", "-S", "-c", code], user=uid, group=gid, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+        invalid = script(agent.work / "job.sh", JOBDW + " colour=blue")
+        output = agent.hook("job_process", invalid, DWSBRIDGE_AGENT_SOCKET=str(path), agent=False)
+    finally:
+        server.kill()
+        server.wait(30)
+    rc, payload = result(output)
+    assert rc == 1 and "'colour'" in payload  # validated in-process, not accepted by the squatter
+    assert f"served by uid {uid}, not root".encode() in output

@@ -258,7 +258,9 @@ def test_paths_on_a_prerun_backend_writes_name_and_namespace_without_the_cluster
     assert not (tmp_path / "plain").exists()
 
 
-def test_on_the_local_backend_pre_run_writes_no_file_and_paths_has_everything(tmp_path: Path) -> None:
+def test_on_the_local_backend_paths_has_everything_but_the_token_which_goes_to_the_job_file(
+    tmp_path: Path,
+) -> None:
     config = Config(root=tmp_path / "root", state_timeout=30.0, pool_size=1 << 40)
     hooks = SlurmHooks(config)
     path = script(tmp_path / "job.sh", JOBDW)
@@ -267,9 +269,11 @@ def test_on_the_local_backend_pre_run_writes_no_file_and_paths_has_everything(tm
     assert call(hooks, "paths", "30", path, str(tmp_path / "paths")).ok
     assert call(hooks, "pre_run", "30", path).ok
     written = (tmp_path / "paths").read_text()
-    assert "DW_JOB_scratch=" in written and "DW_WORKFLOW_TOKEN=" in written
-    assert not JobEnvFiles(config.job_env_dir).path("30").exists()
+    assert "DW_JOB_scratch=" in written and "DW_WORKFLOW_TOKEN" not in written
+    job_file = JobEnvFiles(config.job_env_dir).path("30").read_text()
+    assert job_file.startswith("DW_WORKFLOW_TOKEN=") and job_file.count("\n") == 1
     assert call(hooks, "job_teardown", "30", path, "true").ok
+    assert not JobEnvFiles(config.job_env_dir).path("30").exists()
 
 
 def test_on_kubernetes_pre_run_writes_the_whole_environment_and_teardown_removes_it(

@@ -56,32 +56,35 @@ def test_nothing_is_torn_down_when_slurm_cannot_be_asked(lc: Lifecycle, job_user
     assert lc.exists(name)
 
 
-def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
-    script = tmp_path / "scontrol"
-    script.write_text("#!/bin/sh\n" + body)
+def fake_squeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
+    script = tmp_path / "squeue"
+    script.write_text("#!/bin/sh\n" + f'echo "$@" > {tmp_path}/args\n' + body)
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    return tmp_path / "args"
 
 
 def test_job_ids_come_from_every_job_slurm_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_scontrol(
-        tmp_path,
-        monkeypatch,
-        "echo 'JobId=12 JobName=a UserId=u(1) ArrayJobId=12 ArrayTaskId=0 BurstBuffer=#DW jobdw ...'\n"
-        "echo 'JobId=13 JobName=JobId=99 JobState=COMPLETED'\n",
-    )
+    args = fake_squeue(tmp_path, monkeypatch, "printf '12\\n13\\n0013\\n'\n")
     assert orphans.slurm_job_ids() == {"12", "13"}
+    # every state, hidden partitions and array tasks too, and only the job id column
+    assert args.read_text().split() == ["--all", "--noheader", "--states=all", "--array", "--format=%A"]
 
 
 def test_an_empty_cluster_has_no_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_scontrol(tmp_path, monkeypatch, "echo 'No jobs in the system'\n")
+    fake_squeue(tmp_path, monkeypatch, "true\n")
     assert orphans.slurm_job_ids() == set()
 
 
-def test_a_failing_scontrol_means_unknown_not_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_scontrol(
+def test_a_failing_squeue_means_unknown_not_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_squeue(
         tmp_path,
         monkeypatch,
-        "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n",
+        "echo 'slurm_load_jobs error: Unable to contact slurm controller \\377' >&2\nexit 1\n",
     )
+    assert orphans.slurm_job_ids() is None
+
+
+def test_output_that_is_not_job_ids_means_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_squeue(tmp_path, monkeypatch, "printf '12\\nJobId=13 \\377\\n'\n")
     assert orphans.slurm_job_ids() is None

@@ -18,10 +18,8 @@ from dwsbridge.slurm import (
     NOT_DIGITS,
     HookResult,
     SlurmHooks,
-    ValidatedHeaders,
     bbstat_words,
     run_hook,
-    script_header,
     write_result,
 )
 
@@ -191,16 +189,28 @@ def test_a_job_walks_every_state_and_teardown_leaves_nothing(
     assert not storage.exists()
 
 
-def test_paths_exports_the_token_when_copy_offload_is_required(
-    hooks: SlurmHooks, lc: Lifecycle, tmp_path: Path
+def test_paths_hands_the_token_over_in_the_jobs_own_file_never_in_the_path_file(
+    hooks: SlurmHooks, config: Config, tmp_path: Path
 ) -> None:
+    """slurmctld logs path_file whole (DebugFlags=BurstBuffer): the token goes to the 0600 per-job file
+    the TaskProlog exports."""
+    import stat
+
+    from dwsbridge.job_env import JobEnvFiles
+
     path = script(tmp_path / "j", JOBDW + " requires=copy-offload")
     assert setup_job(hooks, "21", path).ok, "setup"
     path_file = tmp_path / "pathfile"
     assert call(hooks, "paths", "21", path, str(path_file)).ok
     env = dict(line.split("=", 1) for line in path_file.read_text().splitlines())
-    assert env["DW_WORKFLOW_TOKEN"].count(".") == 2  # a JWT
-    call(hooks, "job_teardown", "21", path, "true")
+    assert "DW_WORKFLOW_TOKEN" not in env and env["DW_WORKFLOW_NAME"] == "bb21"
+    job_file = JobEnvFiles(config.job_env_dir).path("21")
+    st = job_file.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.getuid())
+    (token,) = [line.split("=", 1)[1] for line in job_file.read_text().splitlines()]
+    assert token.count(".") == 2  # a JWT
+    assert call(hooks, "job_teardown", "21", path, "true").ok
+    assert not job_file.exists()
 
 
 def test_paths_for_a_job_without_workflow_writes_nothing(hooks: SlurmHooks, tmp_path: Path) -> None:
@@ -410,63 +420,3 @@ def test_job_process_does_not_import_the_kubernetes_client_or_the_backend(
         [sys.executable, "-I", "-c", code, path], env=env, capture_output=True, text=True, check=False
     )
     assert "IMPORTED []" in proc.stderr, proc.stderr
-
-
-# --- the job_process cache ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cache_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "cache" / "job_process.cache"
-    monkeypatch.setenv("DWSBRIDGE_JOB_PROCESS_CACHE", str(path))
-    return path
-
-
-def test_job_process_records_the_header_it_accepted(
-    hooks: SlurmHooks, tmp_path: Path, cache_path: Path
-) -> None:
-    assert call(hooks, "job_process", script(tmp_path / "j", JOBDW)).ok
-    lines = cache_path.read_text().splitlines()
-    assert lines[0].startswith("dwsbridge job_process cache v1 pool=dws ")
-    assert lines[1:] == [f"#!/bin/bash\\n#SBATCH --time=1\\n{JOBDW}\\n"]
-
-
-def test_job_process_does_not_record_a_refused_header(
-    hooks: SlurmHooks, tmp_path: Path, cache_path: Path
-) -> None:
-    assert not call(hooks, "job_process", script(tmp_path / "j", JOBDW + " bogus=1")).ok
-    assert not cache_path.exists()
-
-
-def test_the_cache_keeps_the_most_recent_headers(tmp_path: Path) -> None:
-    cache = ValidatedHeaders(str(tmp_path / "c"), "s1", limit=3)
-    for i in range(5):
-        cache.add(f"#DW {i}\n")
-    assert (tmp_path / "c").read_text().splitlines()[1:] == ["#DW 2\\n", "#DW 3\\n", "#DW 4\\n"]
-
-
-def test_a_changed_stamp_empties_the_cache(tmp_path: Path) -> None:
-    ValidatedHeaders(str(tmp_path / "c"), "old").add("#DW x\n")
-    ValidatedHeaders(str(tmp_path / "c"), "new").refresh()
-    assert (tmp_path / "c").read_text() == "dwsbridge job_process cache v1 new\n"
-
-
-def test_pools_refreshes_the_cache_when_the_configuration_changes(tmp_path: Path, cache_path: Path) -> None:
-    path = script(tmp_path / "j", JOBDW)
-    call(SlurmHooks(Config(root=tmp_path / "r")), "job_process", path)
-    assert len(cache_path.read_text().splitlines()) == 2
-    call(SlurmHooks(Config(root=tmp_path / "r", pool_name="other")), "pools")
-    assert cache_path.read_text().splitlines()[1:] == []
-
-
-@pytest.mark.parametrize(
-    ("text", "header"),
-    [
-        ("#!/bin/sh\n#DW a\nhostname\n#DW b\n", "#!/bin/sh\n#DW a\n"),
-        ("#!/bin/sh\n\n#DW a\n  \n#DW b\n", "#!/bin/sh\n\n#DW a\n"),
-        ("#DW a\n#DW b", "#DW a\n#DW b"),
-        ("echo\n#DW a\n", ""),
-    ],
-)
-def test_script_header_is_the_leading_comment_block(text: str, header: str) -> None:
-    assert script_header(text) == header

@@ -474,66 +474,6 @@ def test_real_bridge_bbstat_usage_for_a_non_numeric_job(real_bridge: Shim) -> No
     )
 
 
-# --- the job_process fast path ------------------------------------------------------------------------
-
-
-TRICKY_SCRIPT = (
-    b"#!/bin/bash\n#SBATCH -J a\\\\b\n\n#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws\r\n"
-    b"#DW copy_in source=/x\\\\y destination=$DW_JOB_scratch/in\n   \nhostname\n\0"
-)
-
-
-@pytest.fixture
-def cached_bridge(tmp_path: Path) -> tuple[Shim, Path, Path]:
-    config = tmp_path / "dwsbridge.yaml"
-    config.write_text(f"root: {tmp_path / 'root'}\npool_size: 1TiB\n")
-    cache = tmp_path / "root" / "slurm" / "job_process.cache"
-    return Shim(render_lua(sys.executable, str(config), str(cache)), fake_popen=False), cache, tmp_path
-
-
-def test_an_accepted_header_is_accepted_again_without_the_bridge(
-    cached_bridge: tuple[Shim, Path, Path],
-) -> None:
-    shim, cache, tmp = cached_bridge
-    first, second = tmp / "job1.sh", tmp / "job2.sh"
-    first.write_bytes(TRICKY_SCRIPT)
-    second.write_bytes(TRICKY_SCRIPT.replace(b"hostname", b"different body"))
-    assert shim.call("slurm_bb_job_process", str(first)) == (1, SUCCESS, None)
-    assert cache.exists() and stat.S_IMODE(cache.stat().st_mode) == 0o600
-    bridge_calls = len([line for line in shim.logs if "rc=success" in line and "cached" not in line])
-    assert shim.call("slurm_bb_job_process", str(second)) == (1, SUCCESS, None)
-    assert shim.logs[-1] == "dwsbridge/lua: job_process job=- rc=success cached"
-    assert len([line for line in shim.logs if "rc=success" in line and "cached" not in line]) == bridge_calls
-
-
-def test_a_changed_header_goes_to_the_bridge(cached_bridge: tuple[Shim, Path, Path]) -> None:
-    shim, _cache, tmp = cached_bridge
-    good, bad = tmp / "good.sh", tmp / "bad.sh"
-    good.write_bytes(TRICKY_SCRIPT)
-    bad.write_bytes(TRICKY_SCRIPT.replace(b"name=scratch", b"name=scratch bogus=1"))
-    assert shim.call("slurm_bb_job_process", str(good))[1] == SUCCESS
-    n, rc, msg = shim.call("slurm_bb_job_process", str(bad))
-    assert (n, rc) == (2, ERROR) and "'bogus'" in msg
-    # a refused header is never cached
-    assert shim.call("slurm_bb_job_process", str(bad))[1] == ERROR
-
-
-def test_cache_hits_need_the_header_line_exactly(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    script = tmp_path / "job.sh"
-    script.write_bytes(b"#!/bin/bash\n#DW jobdw type=xfs capacity=1GiB name=ab pool=dws\necho\n\0")
-    lua = Shim(render_lua("/opt/dwsb/bin/python", None, str(cache)))
-    lua.set_output(status_line(True, ""))
-    cache.write_text("dwsbridge job_process cache v1 stamp\n#!/bin/bash\\n#DW jobdw type=xfs\\n\n")
-    lua.call("slurm_bb_job_process", str(script))
-    assert len(lua.commands) == 1  # a prefix of the header is not a hit
-    assert "DWSBRIDGE_JOB_PROCESS_CACHE=" in lua.commands[0]
-    header = "#!/bin/bash\\n#DW jobdw type=xfs capacity=1GiB name=ab pool=dws\\n"
-    cache.write_text(f"dwsbridge job_process cache v1 stamp\n{header}\n")
-    assert lua.call("slurm_bb_job_process", str(script)) == (1, SUCCESS, None)
-    assert len(lua.commands) == 1
-
-
 # --- the installer -----------------------------------------------------------------------------------------
 
 
@@ -553,16 +493,48 @@ def test_install_writes_both_files_and_prints_the_slurm_conf_line(
     lua = (etc / "burst_buffer.lua").read_text()
     assert f'local PYTHON = "{sys.executable}"' in lua
     assert f'local CONFIG = "{config}"' in lua
-    assert f'local CACHE = "{tmp_path / "root" / "slurm" / "job_process.cache"}"' in lua
+    assert 'local CONNECT_TIMEOUT = tonumber("1")' in lua and 'local AGENT_TIMEOUT = tonumber("3")' in lua
     assert (etc / "burst_buffer.conf").read_text() == template("burst_buffer.conf")
     assert stat.S_IMODE((etc / "burst_buffer.lua").stat().st_mode) == 0o644
 
 
-def test_install_without_cache_leaves_the_fast_path_off(tmp_path: Path) -> None:
+def test_install_sets_the_agent_timeouts_and_refuses_nonsense(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from dwsbridge.cli import main
 
-    assert main(["slurm", "install", "--etc", str(tmp_path), "--no-cache", "--no-check"]) == 0
-    assert 'local CACHE = ""' in (tmp_path / "burst_buffer.lua").read_text()
+    args = ["slurm", "install", "--etc", str(tmp_path), "--no-check", "--agent-timeout", "0.5"]
+    assert main([*args, "--agent-connect-timeout", "0.25", "--agent-silence-timeout", "12"]) == 0
+    lua = (tmp_path / "burst_buffer.lua").read_text()
+    assert 'local CONNECT_TIMEOUT = tonumber("0.25")' in lua
+    assert 'local AGENT_TIMEOUT = tonumber("0.5")' in lua
+    assert 'local SILENCE_TIMEOUT = tonumber("12")' in lua
+    assert "lua-socket: " in capsys.readouterr().out  # says whether hooks can reach the agent from Lua
+    for bad in ("0", "-1", "soon", "1e9"):
+        with pytest.raises(SystemExit) as usage:
+            main(["slurm", "install", "--etc", str(tmp_path), "--no-check", "--agent-timeout", bad])
+        assert usage.value.code == 2
+    assert "--agent-timeout: expected " in capsys.readouterr().err
+
+
+def test_lua_socket_is_found_where_slurms_lua_looks(tmp_path: Path) -> None:
+    from dwsbridge.cli.slurm import lua_socket_path
+
+    module = tmp_path / "lib" / "socket" / "unix.so"
+    module.parent.mkdir(parents=True)
+    module.write_bytes(b"")
+    assert lua_socket_path(f"{tmp_path}/lib/?.so;;") == str(module)
+    found = lua_socket_path("")
+    assert found is None or found.endswith("/5.1/socket/unix.so")
+
+
+def test_without_lua_socket_a_hook_relays_to_the_agent_through_a_process() -> None:
+    """lupa's Lua has no lua-socket: burst_buffer.lua must start the relay, telling it the socket."""
+    shim = Shim(render_lua("/opt/dwsb/bin/python", None, agent_socket="/run/x/agent.sock"))
+    shim.set_output(status_line(True, ""))
+    assert shim.call("slurm_bb_pools")[1] == SUCCESS
+    assert "DWSBRIDGE_AGENT_SOCKET='/run/x/agent.sock'" in shim.commands[0]
+    assert shim.logs[-1].endswith("via=process")
 
 
 def test_install_refuses_a_missing_directory_and_a_broken_interpreter(tmp_path: Path) -> None:
@@ -570,4 +542,17 @@ def test_install_refuses_a_missing_directory_and_a_broken_interpreter(tmp_path: 
 
     assert main(["slurm", "install", "--etc", str(tmp_path / "nope")]) == 2
     assert main(["slurm", "install", "--etc", str(tmp_path), "--python", "/bin/false"]) == 2
+    assert not (tmp_path / "burst_buffer.lua").exists()
+
+
+def test_install_refuses_an_agent_socket_another_user_could_serve(tmp_path: Path) -> None:
+    """burst_buffer.lua cannot ask who serves the socket: nobody but root may be able to create it."""
+    from dwsbridge.cli import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    for sock in (shared / "agent.sock", shared / "not-yet" / "agent.sock"):
+        args = ["slurm", "install", "--etc", str(tmp_path), "--no-check", "--agent-socket", str(sock)]
+        assert main(args) == 2
     assert not (tmp_path / "burst_buffer.lua").exists()

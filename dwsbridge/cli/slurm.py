@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import stat
 import subprocess
 import sys
 from importlib import resources
@@ -22,11 +23,24 @@ TASK_PROLOG_KEY = "TaskProlog"
 ENV_DIR_PLACEHOLDER = "@DWSBRIDGE_ENV_DIR@"
 PYTHON_PLACEHOLDER = "@DWSBRIDGE_PYTHON@"
 CONFIG_PLACEHOLDER = "@DWSBRIDGE_CONFIG@"
-CACHE_PLACEHOLDER = "@DWSBRIDGE_CACHE@"
 AGENT_SOCKET_PLACEHOLDER = "@DWSBRIDGE_AGENT_SOCKET@"
 LAUNCHER_PLACEHOLDER = "@DWSBRIDGE_LAUNCHER@"
+TIMEOUT_PLACEHOLDERS = {
+    "connect": "@DWSBRIDGE_AGENT_CONNECT_TIMEOUT@",
+    "answer": "@DWSBRIDGE_AGENT_TIMEOUT@",
+    "silence": "@DWSBRIDGE_AGENT_SILENCE_TIMEOUT@",
+}
+DEFAULT_TIMEOUTS = {"connect": 1.0, "answer": 3.0, "silence": 30.0}
+# Where Slurm's Lua 5.1 finds C modules (liblua5.1's default package.cpath on Debian), and the module
+# burst_buffer.lua needs to talk to the agent without starting a process (Debian package lua-socket).
+LUA_CPATH = (
+    "/usr/local/lib/lua/5.1/?.so",
+    "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so",
+    "/usr/lib/aarch64-linux-gnu/lua/5.1/?.so",
+    "/usr/lib/lua/5.1/?.so",
+)
+LUA_SOCKET_MODULE = "socket/unix"
 AGENT_UNIT = "dwsbridge-agent.service"
-CACHE_FILE = "slurm/job_process.cache"  # under the configured root
 
 INSTALL_EPILOG = f"""\
 examples:
@@ -81,12 +95,6 @@ def register(subparsers: Any) -> None:
         "/etc/dwsbridge/config.yaml)",
     )
     install.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="always run the bridge for job_process (default: accept a script header the bridge "
-        "accepted before without starting Python; cache file <root>/slurm/job_process.cache)",
-    )
-    install.add_argument(
         "--no-check",
         action="store_true",
         help="do not check that the interpreter can import dwsbridge",
@@ -103,6 +111,33 @@ def register(subparsers: Any) -> None:
     install.add_argument(
         "--no-agent", action="store_true", help="never use the bridge agent: every hook runs in-process"
     )
+    timeouts = install.add_argument_group(
+        "agent timeouts (seconds; with lua-socket, burst_buffer.lua's own, see docs/slurm.md)"
+    )
+    timeouts.add_argument(
+        "--agent-connect-timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUTS["connect"],
+        metavar="S",
+        help="to connect to the agent and send the request (default %(default)g)",
+    )
+    timeouts.add_argument(
+        "--agent-timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUTS["answer"],
+        metavar="S",
+        help="for the whole answer to job_process, pools and paths, which block slurmctld (default "
+        "%(default)g); then job_process is refused (never validated twice), pools and paths run "
+        "in a process",
+    )
+    timeouts.add_argument(
+        "--agent-silence-timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUTS["silence"],
+        metavar="S",
+        help="the other hooks wait as long as the agent works (it sends a heartbeat each second); after "
+        "this long without one they run in a process (default %(default)g)",
+    )
     install.add_argument(
         "--no-launcher",
         action="store_true",
@@ -111,6 +146,57 @@ def register(subparsers: Any) -> None:
     )
     install.set_defaults(handler=cmd_install)
     slurm.set_defaults(handler=lambda args: _usage(slurm))
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}") from None
+    if not 0.01 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"expected 0.01 to 86400 seconds, not {value}")
+    return seconds
+
+
+def lua_socket_path(cpath: str | None = None) -> str | None:
+    """The lua-socket module Slurm's Lua 5.1 would load (`$LUA_CPATH_5_1`/`$LUA_CPATH` first, as
+    Lua does), or None when it is not installed."""
+    if cpath is None:
+        cpath = os.environ.get("LUA_CPATH_5_1") or os.environ.get("LUA_CPATH") or ""
+    templates = [t for t in cpath.split(";") if t and t != ";;"] + list(LUA_CPATH)
+    for pattern in templates:
+        candidate = pattern.replace("?", LUA_SOCKET_MODULE)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def check_socket_directory(socket_path: str) -> None:
+    """Refuse an agent socket another user could put their own socket in place of: burst_buffer.lua
+    cannot ask who serves a socket, so no one but root may be able to create one there. Every
+    directory above it must be root's and writable by root alone, except a sticky one (like /tmp)
+    whose entry below it is root's; a directory still to be made needs a root-only parent."""
+    path = os.path.dirname(os.path.abspath(socket_path))
+    child_is_roots = False  # of the entry below: anyone who may write the socket's directory may squat it
+    while True:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            child_is_roots = False  # whoever may write the parent may make it
+        else:
+            mode = stat.S_IMODE(st.st_mode)
+            sticky_ok = bool(mode & stat.S_ISVTX) and child_is_roots
+            if st.st_uid != 0 or (mode & 0o022 and not sticky_ok) or stat.S_ISLNK(st.st_mode):
+                raise ConfigError(
+                    f"the agent socket {socket_path} is unsafe: {path} is uid {st.st_uid}, mode {mode:04o}"
+                    f"{' (a symlink)' if stat.S_ISLNK(st.st_mode) else ''}, so another user could serve it"
+                    " in the agent's place; choose a directory only root can write (default "
+                    "/run/dwsbridge)"
+                )
+            child_is_roots = True
+        if path == "/":
+            return
+        path = os.path.dirname(path)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -130,14 +216,15 @@ def lua_string_body(value: str) -> str:
 def render_lua(
     python: str,
     config: str | None,
-    cache: str | None = None,
     *,
     agent_socket: str | None = None,
     launcher: str | None = None,
+    timeouts: dict[str, float] | None = None,
 ) -> str:
     text = template("burst_buffer.lua")
+    for key, seconds in {**DEFAULT_TIMEOUTS, **(timeouts or {})}.items():
+        text = text.replace(TIMEOUT_PLACEHOLDERS[key], f"{seconds:g}")
     text = text.replace(PYTHON_PLACEHOLDER, lua_string_body(python))
-    text = text.replace(CACHE_PLACEHOLDER, lua_string_body(cache or ""))
     text = text.replace(AGENT_SOCKET_PLACEHOLDER, lua_string_body(agent_socket or ""))
     text = text.replace(LAUNCHER_PLACEHOLDER, lua_string_body(launcher or ""))
     return text.replace(CONFIG_PLACEHOLDER, lua_string_body(config or ""))
@@ -186,11 +273,6 @@ def hooks_config(config: str | None) -> Config:
         return Config()
 
 
-def default_cache(config: str | None) -> str:
-    """`<root>/slurm/job_process.cache`, root from the configuration the hooks will use."""
-    return os.path.join(os.path.abspath(hooks_config(config).root), CACHE_FILE)
-
-
 def default_env_dir(config: str | None) -> str:
     """`slurm_env_dir` (default `<root>/job-env`) of the configuration the hooks will use."""
     return os.path.abspath(hooks_config(config).job_env_dir)
@@ -229,6 +311,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         check_interpreter(python)
 
     agent_socket = None if args.no_agent else os.path.abspath(args.agent_socket)
+    if agent_socket is not None:
+        check_socket_directory(agent_socket)
     launcher = None
     if not args.no_launcher:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -244,9 +328,13 @@ def cmd_install(args: argparse.Namespace) -> int:
             render_lua(
                 python,
                 config,
-                None if args.no_cache else default_cache(config),
                 agent_socket=agent_socket,
                 launcher=launcher,
+                timeouts={
+                    "connect": args.agent_connect_timeout,
+                    "answer": args.agent_timeout,
+                    "silence": args.agent_silence_timeout,
+                },
             ),
             0o644,
         ),
@@ -264,7 +352,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     start = f"{python} -I -S -c <launcher>" if launcher else f"{python} -I -m dwsbridge.slurm"
-    print(f"hooks run: {start}" + (f" (DWSBRIDGE_CONFIG={config})" if config else ""))
+    print(
+        f"hook processes (when the agent is not reached from Lua) run: {start}"
+        + (f" (DWSBRIDGE_CONFIG={config})" if config else "")
+    )
     if agent_socket is not None:
         command = f"{python} -I -m dwsbridge agent --socket {agent_socket}" + (
             f" --config {config}" if config else ""
@@ -273,6 +364,18 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"  {command}")
         unit = etc.absolute() / AGENT_UNIT
         print(f"  or: cp {unit} /etc/systemd/system/ && systemctl enable --now dwsbridge-agent")
+        module = lua_socket_path()
+        if module:
+            print(
+                f"lua-socket: present ({module}): hooks talk to the agent from Lua, no process per hook "
+                f"(timeouts: connect {args.agent_connect_timeout:g}s, job_process/pools/paths "
+                f"{args.agent_timeout:g}s, silence {args.agent_silence_timeout:g}s)"
+            )
+        else:
+            print(
+                "lua-socket: not found: each hook starts a small relay process to reach the agent "
+                "(~10 ms); `apt-get install lua-socket` removes it"
+            )
     print(f"job environment files (TaskProlog): {env_dir}/<jobid>.env")
     slurm_conf = etc / "slurm.conf"
     prolog_line = f"{TASK_PROLOG_KEY}={etc.absolute() / TASK_PROLOG}"

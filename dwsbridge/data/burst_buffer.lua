@@ -2,20 +2,36 @@
 burst_buffer.lua: the dwsbridge shim for Slurm's burst_buffer/lua plugin.
 
 Install it with `dwsbridge slurm install --etc /etc/slurm`, which fills in the
-settings below. Every hook only translates Slurm's calling convention: it runs
+settings below. Every hook only translates Slurm's calling convention: it hands
+the hook to the bridge (the agent over its socket, else a Python process) and
+turns the bridge's result back into what Slurm expects. All logic lives in the
+dwsbridge Python package. Written for Lua 5.1 (what Slurm 22.05 links).
 
-    <PYTHON> -I -S -c <LAUNCHER> <hook> <args...>    (or, without a launcher,
-    <PYTHON> -I -m dwsbridge.slurm <hook> <args...>)
+Bridge agent: with AGENT_SOCKET set, every hook goes to the long-running
+`dwsbridge agent` over that Unix socket, from Lua itself, through Debian's
+lua-socket (`require("socket.unix")`): no process is started. The request is
+NUL-separated fields "DWSB1", hook, the number of environment entries, the
+entries ("KEY=VALUE", among them DWSBRIDGE_DEADLINE: the time after which the
+agent must not start it), then the hook's arguments; the reply is "DWSB1 OK\n"
+plus the result protocol below, or "DWSB1 FALLBACK <reason>\n". Hooks that may
+take long (all but job_process, pools, paths, get_status) get a "." every
+second while it works, so a silent agent is known to be hung.
 
-and turns the bridge's result back into what Slurm expects. All logic lives in
-the dwsbridge Python package. Written for Lua 5.1 (what Slurm 22.05 links).
+Timeouts (set by `dwsbridge slurm install --agent-*-timeout`): CONNECT_TIMEOUT
+bounds connecting and sending; job_process, pools and paths run inside
+slurmctld and wait at most AGENT_TIMEOUT for the whole answer (get_status
+too); the others wait as long as the agent works, but at most SILENCE_TIMEOUT
+without a sign of life. Fallbacks: when the agent cannot be reached, or answers garbage or cuts
+its answer short, the hook runs the bridge in a process as without an agent
+(below). When job_process's agent does not answer in time, the submission is
+refused with a message saying so: the same validation is never run a second
+time inside slurmctld. Without lua-socket, the hook process relays to the
+agent itself (dwsbridge.hookclient).
 
-Bridge agent: with AGENT_SOCKET set, the hook process hands the hook to the
-long-running `dwsbridge agent` over that Unix socket and relays its result;
-when no agent runs there it runs the bridge in-process (same result). Lua 5.1
-has no sockets, so a small Python process remains: LAUNCHER puts the bridge's
-package directory on sys.path and starts the relay without `site` (-S), which
-saves ~10 ms a hook; it adds site-packages itself when it must fall back.
+Process: <PYTHON> -I -S -c <LAUNCHER> <hook> <args...> (or, without a launcher,
+<PYTHON> -I -m dwsbridge.slurm <hook> <args...>). LAUNCHER puts the bridge's
+package directory on sys.path and starts without `site` (-S), which saves
+~10 ms; it adds site-packages itself when it runs the hook in-process.
 
 Result protocol (Lua 5.1's io.popen():close() gives no exit status): the bridge's
 output ends with one status line
@@ -28,27 +44,27 @@ message. Lines before the payload that start with "@@DWSBRIDGE log " are the
 bridge's log lines and go to the slurmctld log. Output without a status line
 means the bridge crashed: the hook fails with the output's last lines.
 
-Fast path: the bridge records the header (leading comment block) of every job
-script whose #DW lines it accepted, in the root-only file CACHE. job_process
-accepts a script with a recorded header without starting Python. The bridge
-empties the file when the ruleset or configuration changes (checked at least
-every 30 s, at slurm_bb_pools), and setup validates every job again anyway.
+No header cache: validation in the agent takes ~0.1 ms, less than reading a
+cache file of accepted headers would (measured, BENCHMARKS.md "Slurm").
 
 Troubleshooting: grep the slurmctld log for "dwsbridge".
 ]]
 
 local PYTHON = "@DWSBRIDGE_PYTHON@"
 local CONFIG = "@DWSBRIDGE_CONFIG@"
-local CACHE = "@DWSBRIDGE_CACHE@"
 local AGENT_SOCKET = "@DWSBRIDGE_AGENT_SOCKET@"
 local LAUNCHER = "@DWSBRIDGE_LAUNCHER@"
+-- Seconds; "@...@" (not installed) gives the default after `or`.
+local CONNECT_TIMEOUT = tonumber("@DWSBRIDGE_AGENT_CONNECT_TIMEOUT@") or 1
+local AGENT_TIMEOUT = tonumber("@DWSBRIDGE_AGENT_TIMEOUT@") or 3
+local SILENCE_TIMEOUT = tonumber("@DWSBRIDGE_AGENT_SILENCE_TIMEOUT@") or 30
+local SOCKET_MODULE = "socket.unix"
 
 local unpack = unpack or table.unpack -- Lua 5.1 has the global; 5.2+ moved it
 
 local STATUS_PATTERN = "^(.-)@@DWSBRIDGE rc=(%d+) len=(%d+)\n?$"
 local LOG_PREFIX = "@@DWSBRIDGE log "
 local CRASH_LINES = 5
-local HEADER_LIMIT = 16384
 
 -- A setting still holding its placeholder was never filled in by the installer.
 -- (The placeholder is built by concatenation so the installer cannot rewrite it.)
@@ -77,7 +93,22 @@ local function as_text(value)
 	return ""
 end
 
-local function uptime()
+-- lua-socket, when the agent is configured and the module is installed (nil otherwise).
+local agent_socket, socket_clock
+if is_set(AGENT_SOCKET, "DWSBRIDGE_AGENT_SOCKET") then
+	local ok, unix = pcall(require, SOCKET_MODULE)
+	local has_core, core = pcall(require, "socket.core")
+	if ok and has_core and (type(unix) == "table" or type(unix) == "function") then
+		agent_socket = unix
+		socket_clock = core.gettime
+	end
+end
+
+-- Seconds, with sub-millisecond resolution when lua-socket is there (/proc/uptime has 10 ms).
+local function now()
+	if socket_clock then
+		return socket_clock()
+	end
 	local f = io.open("/proc/uptime", "r")
 	if not f then
 		return os.time()
@@ -125,61 +156,12 @@ local function forward_logs(preamble)
 	end
 end
 
-local function read_file(path)
-	local f = io.open(path, "rb")
-	if not f then
-		return nil
-	end
-	local text = f:read("*a")
-	f:close()
-	return text
-end
-
--- The leading comment block: every line up to the first non-empty one not starting with "#".
-local function script_header(text)
-	local pos, len = 1, #text
-	while pos <= len do
-		local newline = string.find(text, "\n", pos, true)
-		local line = string.sub(text, pos, (newline or (len + 1)) - 1)
-		if line ~= "" and string.sub(line, 1, 1) ~= "#" then
-			break
-		end
-		pos = (newline or len) + 1
-	end
-	return string.sub(text, 1, pos - 1)
-end
-
-local function escape_header(header)
-	local escaped = string.gsub(header, "\\", "\\\\")
-	return (string.gsub(escaped, "\n", "\\n"))
-end
-
--- True when the bridge has already accepted a script with this header.
-local function accepted_before(script_path)
-	if not is_set(CACHE, "DWSBRIDGE_CACHE") then
-		return false
-	end
-	local cache = read_file(CACHE)
-	local text = cache and read_file(script_path)
-	if not text then
-		return false
-	end
-	local header = script_header((string.gsub(text, "%z+$", "")))
-	if header == "" or #header > HEADER_LIMIT then
-		return false
-	end
-	return string.find(cache, "\n" .. escape_header(header) .. "\n", 1, true) ~= nil
-end
-
-local function command_line(hook, args)
+local function command_line(hook, args, relay)
 	local parts = {}
 	if is_set(CONFIG, "DWSBRIDGE_CONFIG") then
 		parts[#parts + 1] = "DWSBRIDGE_CONFIG=" .. shell_quote(CONFIG)
 	end
-	if is_set(CACHE, "DWSBRIDGE_CACHE") then
-		parts[#parts + 1] = "DWSBRIDGE_JOB_PROCESS_CACHE=" .. shell_quote(CACHE)
-	end
-	if is_set(AGENT_SOCKET, "DWSBRIDGE_AGENT_SOCKET") then
+	if relay and is_set(AGENT_SOCKET, "DWSBRIDGE_AGENT_SOCKET") then
 		parts[#parts + 1] = "DWSBRIDGE_AGENT_SOCKET=" .. shell_quote(AGENT_SOCKET)
 	end
 	if is_set(LAUNCHER, "DWSBRIDGE_LAUNCHER") then
@@ -192,6 +174,114 @@ local function command_line(hook, args)
 	end
 	parts[#parts + 1] = "</dev/null 2>&1"
 	return table.concat(parts, " ")
+end
+
+-- Hooks that block slurmctld (and get_status, a user at the terminal): AGENT_TIMEOUT in all.
+local CONTROLLER_HOOKS = { job_process = true, pools = true, paths = true, get_status = true }
+local AGENT_VERSION = "DWSB1"
+local REPLY_OK = AGENT_VERSION .. " OK\n"
+local REPLY_FALLBACK = AGENT_VERSION .. " FALLBACK "
+local FORWARDED_ENV = { "DWSBRIDGE_ROOT", "DWSBRIDGE_LOG_LEVEL" }
+
+local function agent_request(hook, args, deadline)
+	local env = {}
+	if is_set(CONFIG, "DWSBRIDGE_CONFIG") then
+		env[#env + 1] = "DWSBRIDGE_CONFIG=" .. CONFIG
+	end
+	for _, name in ipairs(FORWARDED_ENV) do
+		local value = os.getenv(name)
+		if value then
+			env[#env + 1] = name .. "=" .. value
+		end
+	end
+	env[#env + 1] = string.format("DWSBRIDGE_DEADLINE=%.3f", deadline)
+	table.sort(env)
+	local fields = { AGENT_VERSION, hook, tostring(#env) }
+	for _, entry in ipairs(env) do
+		fields[#fields + 1] = entry
+	end
+	for i = 1, args.n do
+		fields[#fields + 1] = (string.gsub(args[i], "%z", ""))
+	end
+	return table.concat(fields, "\0")
+end
+
+-- The whole reply; nil, reason, timed_out when there is none. Long hooks may take as long as they
+-- need while the agent's heartbeats ("." each second) arrive; a silence of SILENCE_TIMEOUT ends it.
+local function agent_receive(conn, hook)
+	if CONTROLLER_HOOKS[hook] then
+		conn:settimeout(AGENT_TIMEOUT, "t")
+		local data, err = conn:receive("*a")
+		if data then
+			return data
+		end
+		return nil, string.format("no answer within %gs (%s)", AGENT_TIMEOUT, tostring(err)), err == "timeout"
+	end
+	local got = {}
+	while true do
+		conn:settimeout(SILENCE_TIMEOUT, "t")
+		local data, err, partial = conn:receive("*a")
+		if data then
+			got[#got + 1] = data
+			return table.concat(got)
+		end
+		if err ~= "timeout" then
+			return nil, "receive: " .. tostring(err), false
+		end
+		if partial == nil or partial == "" then
+			return nil, string.format("silent for %gs", SILENCE_TIMEOUT), true
+		end
+		got[#got + 1] = partial
+	end
+end
+
+-- The agent's result-protocol output for this hook; nil, reason, timed_out when it gave none.
+local function ask_agent(hook, args)
+	local conn = agent_socket()
+	if not conn then
+		return nil, "cannot create a socket", false
+	end
+	conn:settimeout(CONNECT_TIMEOUT, "t")
+	local ok, err = conn:connect(AGENT_SOCKET)
+	if not ok then
+		conn:close()
+		return nil, "connect: " .. tostring(err), false
+	end
+	local wait = CONTROLLER_HOOKS[hook] and AGENT_TIMEOUT or SILENCE_TIMEOUT
+	local sent, send_err = conn:send(agent_request(hook, args, now() + wait))
+	if not sent then
+		conn:close()
+		return nil, "send: " .. tostring(send_err), send_err == "timeout"
+	end
+	conn:shutdown("send")
+	local reply, why, timed_out = agent_receive(conn, hook)
+	conn:close()
+	if not reply then
+		return nil, why, timed_out
+	end
+	reply = string.gsub(reply, "^%.+", "")
+	if string.sub(reply, 1, #REPLY_OK) == REPLY_OK then
+		local output = string.sub(reply, #REPLY_OK + 1)
+		if parse_output(output) == nil then
+			return nil, "reply cut short", false
+		end
+		return output
+	end
+	if string.sub(reply, 1, #REPLY_FALLBACK) == REPLY_FALLBACK then
+		return nil, "agent: " .. (string.match(string.sub(reply, #REPLY_FALLBACK + 1), "^[^\n]*") or ""), false
+	end
+	return nil, reply == "" and "no reply" or "not an agent reply", false
+end
+
+-- The bridge's output from a process: `relay` lets it try the agent itself (no lua-socket here).
+local function run_process(hook, args, relay)
+	local pipe, open_error = io.popen(command_line(hook, args, relay), "r")
+	if not pipe then
+		return nil, "dwsbridge: cannot run " .. PYTHON .. ": " .. tostring(open_error)
+	end
+	local output = pipe:read("*a") or ""
+	pipe:close()
+	return output
 end
 
 -- Run one hook through the bridge; always returns a status and, when there is one, a string.
@@ -210,16 +300,29 @@ local function call_bridge(hook, job_id, ...)
 		return slurm.ERROR, message
 	end
 
-	local started = uptime()
-	local pipe, open_error = io.popen(command_line(hook, args), "r")
-	if not pipe then
-		local message = "dwsbridge: cannot run " .. PYTHON .. ": " .. tostring(open_error)
-		log("dwsbridge/lua: %s job=%s rc=error %s", hook, job, message)
-		return slurm.ERROR, message
+	local started = now()
+	local output, why, timed_out, via
+	if agent_socket then
+		output, why, timed_out = ask_agent(hook, args)
+		via = "agent"
+		if not output and timed_out and hook == "job_process" then
+			-- Validation is what may have kept the agent busy: never run it again inside slurmctld.
+			local message = "dwsbridge: the bridge agent did not answer in time ("
+				.. why
+				.. "); the job was not submitted: try again, and if it persists ask your admin to check `dwsbridge agent`"
+			log("dwsbridge/lua: %s job=%s rc=error %.1fms via=agent %s", hook, job, (now() - started) * 1000, message)
+			return slurm.ERROR, message
+		end
 	end
-	local output = pipe:read("*a") or ""
-	pipe:close()
-	local elapsed_ms = (uptime() - started) * 1000
+	if not output then
+		via = why and ("process (agent " .. why .. ")") or "process"
+		output, why = run_process(hook, args, agent_socket == nil)
+		if not output then
+			log("dwsbridge/lua: %s job=%s rc=error %s", hook, job, why)
+			return slurm.ERROR, why
+		end
+	end
+	local elapsed_ms = (now() - started) * 1000
 
 	local ok, payload, preamble = parse_output(output)
 	forward_logs(preamble)
@@ -229,11 +332,11 @@ local function call_bridge(hook, job_id, ...)
 		if tail ~= "" then
 			message = message .. ": " .. tail
 		end
-		log("dwsbridge/lua: %s job=%s rc=crash %.0fms %s", hook, job, elapsed_ms, message)
+		log("dwsbridge/lua: %s job=%s rc=crash %.1fms via=%s %s", hook, job, elapsed_ms, via, message)
 		return slurm.ERROR, message
 	end
 	if ok then
-		log("dwsbridge/lua: %s job=%s rc=success %.0fms", hook, job, elapsed_ms)
+		log("dwsbridge/lua: %s job=%s rc=success %.1fms via=%s", hook, job, elapsed_ms, via)
 		if payload == "" then
 			return slurm.SUCCESS
 		end
@@ -242,7 +345,7 @@ local function call_bridge(hook, job_id, ...)
 	if payload == "" then
 		payload = "dwsbridge " .. hook .. " failed"
 	end
-	log("dwsbridge/lua: %s job=%s rc=error %.0fms %s", hook, job, elapsed_ms, payload)
+	log("dwsbridge/lua: %s job=%s rc=error %.1fms via=%s %s", hook, job, elapsed_ms, via, payload)
 	return slurm.ERROR, payload
 end
 
@@ -250,10 +353,6 @@ end
 -- below take what 22.05 passes and the extras are ignored.
 
 function slurm_bb_job_process(script_path)
-	if accepted_before(as_text(script_path)) then
-		log("dwsbridge/lua: job_process job=- rc=success cached")
-		return slurm.SUCCESS
-	end
 	return call_bridge("job_process", nil, script_path)
 end
 
