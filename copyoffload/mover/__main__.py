@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from copyoffload.mover.model import CopyCancelled, CopyError, CopyOptions, Progress
+from copyoffload.mover.model import CopyCancelled, CopyError, CopyOptions, Progress, S3Options
 from copyoffload.mover.tree import copy_tree
 from copyoffload.privileges import PrivilegeError, verify_dropped
 
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help=argparse.SUPPRESS)
     p.add_argument("--atomic-min-size", type=int, default=defaults.atomic_min_size, help=argparse.SUPPRESS)
     p.add_argument("--no-preserve-owner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--s3-options", metavar="JSON", help="s3:// settings (endpoint_url, max_concurrency, ...)")
     p.add_argument("--expect-uid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--expect-gid", type=int, help=argparse.SUPPRESS)
     return p
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk_size,
             atomic_min_size=args.atomic_min_size,
             bwlimit=args.bwlimit,
+            s3=_s3_options(args.s3_options),
         )
     except ValueError as exc:
         emit({"event": "error", "kind": "copy", "message": str(exc)})
@@ -84,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     emit({"event": "result", **result.to_dict()})
     return 0
+
+
+def _s3_options(text: str | None) -> S3Options:
+    if not text:
+        return S3Options()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--s3-options is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("--s3-options must be a JSON object")
+    return S3Options.from_mapping(data)
 
 
 def _json_emitter() -> Emit:

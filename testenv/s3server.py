@@ -1,0 +1,80 @@
+"""An S3 API server on loopback for tests and benchmarks: moto's ThreadedMotoServer, in a process of its
+own, with authentication ON (moto's IAM checks every request's signature and the caller's policy).
+
+    python -m testenv.s3server --port 6891 --ready-file F --user alice=alice-data,shared --user bob=bob-data
+
+Each `--user NAME=BUCKET,...` becomes an IAM user with its own access key, allowed s3:* on its buckets
+only; an `admin` user may do anything (tests use it to inspect buckets). The buckets are created. When
+the server answers, the ready file (mode 0600) holds JSON: {"endpoint": URL, "users": {NAME:
+{"access_key": ..., "secret_key": ...}}}. SIGTERM stops it. Nothing but 127.0.0.1 is ever bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+REGION = "us-east-1"
+
+
+def _policy(buckets: list[str] | None) -> str:
+    resources = (
+        ["*"]
+        if buckets is None
+        else [f"arn:aws:s3:::{b}" for b in buckets] + [f"arn:aws:s3:::{b}/*" for b in buckets]
+    )
+    return json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testenv.s3server", description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--user", action="append", default=[], metavar="NAME=BUCKET,...")
+    args = parser.parse_args(argv)
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # read by moto.settings at import: auth on
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.iam.models import iam_backends
+    from moto.s3.models import s3_backends
+    from moto.server import ThreadedMotoServer
+
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
+    s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    users: dict[str, dict[str, str]] = {}
+    grants: list[tuple[str, list[str] | None]] = [("admin", None)]
+    for spec in args.user:
+        name, _, buckets = spec.partition("=")
+        grants.append((name, [b for b in buckets.split(",") if b]))
+    for name, buckets in grants:
+        iam.create_user(REGION, name)
+        iam.put_user_policy(name, "s3", _policy(buckets))
+        key = iam.create_access_key(name)
+        users[name] = {"access_key": key.access_key_id, "secret_key": key.secret_access_key}
+        for bucket in buckets or []:
+            s3.create_bucket(bucket, REGION)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server.start()
+    ready = Path(args.ready_file)
+    fd = os.open(ready.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"endpoint": f"http://127.0.0.1:{args.port}", "users": users}, handle)
+    os.replace(ready.with_suffix(".tmp"), ready)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
