@@ -42,6 +42,9 @@ class Config:
     flux_presets: dict[str, str] = field(default_factory=dict)  # -S dw=NAME -> directives
     # copy_in/copy_out `profile=NAME` -> data mover options, e.g. {"workers": 8, "bwlimit": 104857600}
     data_movement_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # s3:// staging: the site's defaults (endpoint_url, addressing_style, ca_bundle, multipart sizes,
+    # max_concurrency; see copyoffload.s3options.S3Options). Never credentials: those are the user's.
+    s3: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:
@@ -128,6 +131,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ValueError("must map each profile name to a mapping of mover options")
             return {str(k): dict(v) for k, v in value.items()}
+        if key == "s3":
+            return s3_settings(value)
         if key == "flux_presets":
             if not isinstance(value, dict):
                 raise ValueError("must be a mapping of preset name to directives")
@@ -135,6 +140,24 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: setting {key}: {exc}") from exc
+
+
+_S3_SIZES = ("multipart_threshold", "multipart_chunksize")
+
+
+def s3_settings(value: Any) -> dict[str, Any]:
+    """S3 settings checked now (a typo is an error at load, ValueError), sizes in bytes; kept as a
+    mapping so that loading a config without `s3` never imports anything for it."""
+    from copyoffload.s3options import S3Options
+
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of S3 settings (endpoint_url, max_concurrency, ...)")
+    settings = {str(k): v for k, v in value.items()}
+    for name in _S3_SIZES:
+        if name in settings:
+            settings[name] = parse_size(settings[name])
+    S3Options.from_mapping(settings)
+    return settings
 
 
 _UNITS = {

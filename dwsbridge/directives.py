@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from copyoffload.s3url import is_s3_url
 from dwsbridge.errors import ConfigError, DirectiveError, ValidationFailed
+from dwsbridge.staging_s3 import s3_staging_errors
 
 PREFIX = "#DW"
 BUNDLED_RULESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "nnf-ruleset.yaml")
@@ -454,7 +456,7 @@ def _check_staging(directive: Directive, by_command: Mapping[str, list[Directive
             continue  # missing or empty: the ruleset reports it
         kind, name, _ = split_staging_path(value)
         if kind == "global":
-            if not value.startswith("/"):
+            if not value.startswith("/") and not is_s3_url(value):  # s3://: staging_s3.py judges it
                 hint = ""
                 if value.startswith("${DW_"):
                     hint = "; write the variable without braces, e.g. $DW_JOB_data/file"
@@ -566,6 +568,7 @@ def check_job(
     wlm: str | None = None,
     pool: str = "dws",
     strip_pool: bool = True,
+    backend: str | None = None,
 ) -> tuple[list[Directive], list[DirectiveError]]:
     """Validate a job's directives; return the DWS-normalized directives that parsed, and every problem.
 
@@ -573,6 +576,7 @@ def check_job(
     With wlm="slurm", Slurm's own rule (pool= beside capacity=, naming `pool`) is checked too.
     `pool=` is removed from jobdw/create_persistent lines before the DWS rules see them; with
     strip_pool=False it is judged by the ruleset like any argument (what DWS itself would do).
+    With backend="kubernetes", s3:// staging paths are refused (real NNF cannot move them).
     """
     rules = ruleset if ruleset is not None else bundled_ruleset()
     errors: list[DirectiveError] = []
@@ -601,6 +605,7 @@ def check_job(
     for directive in checked:
         errors += rules.validate(directive, unique)
     errors += _cross_directive(checked, len(entries))
+    errors += s3_staging_errors(checked, backend)
     errors.sort(key=lambda e: e.line)
     return normalized, errors
 
@@ -612,9 +617,12 @@ def validate_job(
     wlm: str | None = None,
     pool: str = "dws",
     strip_pool: bool = True,
+    backend: str | None = None,
 ) -> list[Directive]:
     """The DWS-normalized directives of a valid job; raises ValidationFailed listing every problem."""
-    directives, errors = check_job(texts, ruleset=ruleset, wlm=wlm, pool=pool, strip_pool=strip_pool)
+    directives, errors = check_job(
+        texts, ruleset=ruleset, wlm=wlm, pool=pool, strip_pool=strip_pool, backend=backend
+    )
     if errors:
         raise ValidationFailed(errors)
     return directives

@@ -285,7 +285,9 @@ class SlurmHooks:
         from dwsbridge.directives import RuleSet, validate_job
 
         ruleset = RuleSet.load(self.config.ruleset)
-        directives = validate_job(items, ruleset=ruleset, wlm=WLM, pool=self.config.pool_name)
+        directives = validate_job(
+            items, ruleset=ruleset, wlm=WLM, pool=self.config.pool_name, backend=self.config.backend
+        )
         return [d.text for d in directives]
 
     # hooks run inside slurmctld: keep them fast --------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from types import FrameType
 from copyoffload.mover.model import CopyCancelled, CopyError, CopyOptions, Progress, S3Options
 from copyoffload.mover.tree import copy_tree
 from copyoffload.privileges import PrivilegeError, verify_dropped
+from copyoffload.s3options import S3_OPTIONS_ENV
 
 Emit = Callable[[dict[str, object]], None]
 
@@ -89,15 +91,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _s3_options(text: str | None) -> S3Options:
-    if not text:
-        return S3Options()
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"--s3-options is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError("--s3-options must be a JSON object")
-    return S3Options.from_mapping(data)
+    """$COPYOFFLOAD_S3_OPTIONS (a server's site settings), then --s3-options."""
+    options = S3Options()
+    for where, value in (("$" + S3_OPTIONS_ENV, os.environ.get(S3_OPTIONS_ENV)), ("--s3-options", text)):
+        if not value:
+            continue
+        try:
+            data = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{where} is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be a JSON object")
+        options = S3Options.from_mapping(data, base=options)
+    return options
 
 
 def _json_emitter() -> Emit:

@@ -30,11 +30,13 @@ from copyoffload.mover.model import (
     S3Options,
 )
 from copyoffload.privileges import COPY_UMASK, credentials_for, running_as_root
+from copyoffload.s3options import S3_OPTIONS_ENV
 
 # After SIGTERM the child removes its partial files and exits; after this long it gets SIGKILL.
 TERM_GRACE_SECONDS = 2.0
 _STDERR_KEEP = 4096
-_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
+# S3_OPTIONS_ENV: a server's site S3 settings (JSON), the base of each copy's --s3-options.
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", S3_OPTIONS_ENV)
 _AWS_PREFIX = "AWS_"
 
 

@@ -104,12 +104,15 @@ class _Transfer:
         self.dirs = 0
         self.warnings: list[str] = []
         self.completions: queue.Queue[tuple[_Item, BaseException | None]] = queue.Queue()
+        self.futures: dict[int, Any] = {}  # item index -> s3transfer future, while it runs
+        self.stopping = False
 
     # --- to be provided ------------------------------------------------------------------------
     def plan(self) -> list[_Item]:
         raise NotImplementedError
 
-    def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> None:
+    def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> Any:
+        """Start the item's transfer; its s3transfer future."""
         raise NotImplementedError
 
     def finish_item(self, item: _Item) -> None:
@@ -192,7 +195,7 @@ class _Transfer:
                 item.index = index
                 subscriber = _Subscriber(self, item, window)
                 try:
-                    self.submit(manager, item, [subscriber])
+                    self.futures[index] = self.submit(manager, item, [subscriber])
                 except BaseException as exc:
                     pending.discard(index)
                     window.release()
@@ -208,9 +211,10 @@ class _Transfer:
         finally:
             cancelled = self.cancel.is_set() and failure is None
             if failure is not None or cancelled:
-                manager.shutdown(cancel=True, cancel_msg="copy stopped")
-            else:
-                manager.shutdown()
+                self.stopping = True
+                for future in list(self.futures.values()):
+                    future.cancel()  # (s3transfer's shutdown(cancel=True) is broken in 0.19)
+            manager.shutdown()
             while True:  # everything submitted has now ended: settle it
                 try:
                     item, problem = self.completions.get_nowait()
@@ -250,6 +254,7 @@ class _Transfer:
         if item.settled:
             return None
         item.settled = True
+        self.futures.pop(item.index, None)
         if exc is None:
             try:
                 self.finish_item(item)
@@ -263,7 +268,7 @@ class _Transfer:
                 self.files_done += 1
             return None
         self.discard_item(item)
-        if _is_cancellation(exc):
+        if self.stopping and _is_cancellation(exc):
             return None
         with contextlib.suppress(AttributeError, TypeError):
             exc.s3_target = self.source_of(item)  # type: ignore[attr-defined]
@@ -321,7 +326,7 @@ class _Subscriber:
 def _is_cancellation(exc: BaseException) -> bool:
     from s3transfer.exceptions import CancelledError, FatalError
 
-    return isinstance(exc, CancelledError | FatalError) and "copy stopped" in str(exc)
+    return isinstance(exc, CancelledError | FatalError)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,7 +410,7 @@ class _Download(_Transfer):
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        where = f"s3://{self.url.bucket}/{prefix}"
+        where = str(self.url)
         try:
             pages = self.conn.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.url.bucket, Prefix=prefix
@@ -458,14 +463,14 @@ class _Download(_Transfer):
                     f"cannot create {current}: {os.strerror(exc.errno or 0)}", path=current
                 ) from None
 
-    def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> None:
+    def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> Any:
         index = item.index
         temp = temp_name(item.path)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self.guard.partial_file(temp)
         self.temps[index] = temp
         self.files[index] = os.fdopen(fd, "wb")
-        manager.download(self.url.bucket, item.key, self.files[index], subscribers=subscribers)
+        return manager.download(self.url.bucket, item.key, self.files[index], subscribers=subscribers)
 
     def finish_item(self, item: _Item) -> None:
         index = item.index
@@ -605,8 +610,8 @@ class _Upload(_Transfer):
                 kind = "symlink" if entry.is_symlink() else "special file"
                 self.warnings.append(f"skipped {kind} {entry.path} (only regular files go to S3)")
 
-    def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> None:
-        manager.upload(item.path, self.url.bucket, item.key, subscribers=subscribers)
+    def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> Any:
+        return manager.upload(item.path, self.url.bucket, item.key, subscribers=subscribers)
 
     def finish_item(self, item: _Item) -> None:
         self._multipart_closed(item)

@@ -139,8 +139,8 @@ class Connection:
             )
         if code in ("AccessDenied", "403", "AllAccessDisabled"):
             return (
-                f"access denied ({code}) for profile '{self.profile}': ask the owner of bucket '{bucket}' "
-                "for access, or choose a profile that has it"
+                f"access denied ({code}) for profile '{self.profile}': check the bucket name, ask the "
+                f"owner of bucket '{bucket}' for access, or choose a profile that has it"
             )
         message = str(error.get("Message") or "")
         return f"{endpoint} answered {code or 'an error'}{': ' + message if message else ''}"

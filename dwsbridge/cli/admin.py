@@ -112,7 +112,11 @@ def cmd_create(args: argparse.Namespace) -> int:
     lc = _lifecycle(args)
     ruleset = RuleSet.load(lc.config.ruleset)  # the site's rules, as the hooks and the backend judge
     directives = validate_job(
-        script_directives(text), ruleset=ruleset, wlm=args.wlm, pool=lc.config.pool_name
+        script_directives(text),
+        ruleset=ruleset,
+        wlm=args.wlm,
+        pool=lc.config.pool_name,
+        backend=lc.config.backend,
     )
     name = lc.create(
         wlm=args.wlm, job_id=args.job_id, uid=args.uid, gid=args.gid, directives=[d.text for d in directives]

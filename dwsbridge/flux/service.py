@@ -39,7 +39,10 @@ def run_now(work: Callable[[], None]) -> None:
 
 
 def flux_directives(
-    dw: Any, presets: Mapping[str, str] | None = None, ruleset: RuleSet | None = None
+    dw: Any,
+    presets: Mapping[str, str] | None = None,
+    ruleset: RuleSet | None = None,
+    backend: str | None = None,
 ) -> list[str]:
     """The job's `attributes.system.dw`, split and validated as DWS will receive it. Raises
     DirectiveError / ValidationFailed with the same text a Slurm user gets for the same lines."""
@@ -48,7 +51,7 @@ def flux_directives(
     texts = split_flux(dw, presets)
     if not texts:
         raise DirectiveError('attributes.system.dw holds no #DW directives (e.g. -S dw="#DW jobdw ...")')
-    return [d.text for d in validate_job(texts, ruleset=ruleset, wlm=WLM)]
+    return [d.text for d in validate_job(texts, ruleset=ruleset, wlm=WLM, backend=backend)]
 
 
 class DwsService:
@@ -121,7 +124,7 @@ class DwsService:
                 protocol.parse_failure_tolerance(failure_tolerance)
             except ValueError as exc:
                 raise DwsBridgeError(str(exc)) from None
-        directives = flux_directives(dw, self.config.flux_presets, self.ruleset)
+        directives = flux_directives(dw, self.config.flux_presets, self.ruleset, self.config.backend)
         name = workflow_name(WLM, jobid)
         lc = self.lifecycle
         if lc.exists(name):

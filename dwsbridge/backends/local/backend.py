@@ -81,7 +81,7 @@ class LocalBackend:
         from dwsbridge.errors import DirectiveError
 
         try:
-            errors = check_job(texts, ruleset=RuleSet.load(self.config.ruleset))[1]
+            errors = check_job(texts, ruleset=RuleSet.load(self.config.ruleset), backend="local")[1]
         except DirectiveError as exc:
             errors = [exc]
         if errors:
