@@ -43,6 +43,7 @@ demo: install
 	bash examples/demo.sh
 
 bench: install
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench.run
 
 clean:

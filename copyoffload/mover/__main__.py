@@ -137,5 +137,15 @@ def _text_emitter() -> Emit:
     return emit
 
 
+def _exit(code: int) -> None:
+    """Exit now even if abandoned S3 requests still hold threads (a cancel must not wait for them)."""
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not lingering:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

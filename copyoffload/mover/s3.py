@@ -34,6 +34,8 @@ from copyoffload.mover.s3guard import Guard
 from copyoffload.s3url import S3Url, is_s3_url, parse_s3_url
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
+# After a cancel or a failure, in-flight requests get this long to end before they are abandoned.
+STOP_GRACE_SECONDS = 0.5
 _MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 
 
@@ -106,6 +108,7 @@ class _Transfer:
         self.completions: queue.Queue[tuple[_Item, BaseException | None]] = queue.Queue()
         self.futures: dict[int, Any] = {}  # item index -> s3transfer future, while it runs
         self.stopping = False
+        self.abandoned = False
 
     # --- to be provided ------------------------------------------------------------------------
     def plan(self) -> list[_Item]:
@@ -136,7 +139,7 @@ class _Transfer:
         try:
             self._transfer_all(items)
         finally:
-            guard.close()
+            guard.close(clean=not self.abandoned)
         return self.result()
 
     def result(self, dry_run: bool = False) -> CopyResult:
@@ -209,19 +212,26 @@ class _Transfer:
         except BaseException as exc:
             failure = exc
         finally:
-            cancelled = self.cancel.is_set() and failure is None
+            # A cancel that comes after the last item was placed changes nothing: the copy is complete.
+            cancelled = self.cancel.is_set() and failure is None and self.files_done < len(items)
+            settled = True
             if failure is not None or cancelled:
                 self.stopping = True
                 for future in list(self.futures.values()):
                     future.cancel()  # (s3transfer's shutdown(cancel=True) is broken in 0.19)
-            manager.shutdown()
+                settled = _shut_down_within(manager, STOP_GRACE_SECONDS)
+            else:
+                manager.shutdown()
             while True:  # everything submitted has now ended: settle it
                 try:
                     item, problem = self.completions.get_nowait()
                 except queue.Empty:
                     break
                 self._settle(item, problem)
+            cancelled = cancelled and self.files_done < len(items)
             self.discard_unsettled(items)
+            if not settled:
+                self.abandon()
             stop_reporting.set()
             reporter.join()
         if failure is not None:
@@ -236,6 +246,12 @@ class _Transfer:
 
     def discard_unsettled(self, items: list[_Item]) -> None:
         """After a stop: whatever was started and not placed is removed (hook for downloads)."""
+
+    def abandon(self) -> None:
+        """Requests still in flight after a stop are left to die with the process (a server may take
+        long to answer a request it has begun): undo what they would have finished (hook for uploads).
+        The guard then cleans up too, in case a request lands after this process is gone."""
+        self.abandoned = True
 
     def _drain(self, pending: set[int], wait: float = 0.0) -> BaseException | None:
         """Settle finished items; the first failure, if any."""
@@ -321,6 +337,14 @@ class _Subscriber:
             exc = err
         self.transfer.completions.put((self.item, exc))
         self.window.release()
+
+
+def _shut_down_within(manager: Any, seconds: float) -> bool:
+    """Let s3transfer wind down for up to `seconds`; False when requests are still in flight."""
+    stopper = threading.Thread(target=manager.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(seconds)
+    return not stopper.is_alive()
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -611,7 +635,18 @@ class _Upload(_Transfer):
                 self.warnings.append(f"skipped {kind} {entry.path} (only regular files go to S3)")
 
     def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> Any:
+        if item.size >= self.options.s3.multipart_threshold:
+            self.guard.multipart_key(self.url.bucket, item.key)
         return manager.upload(item.path, self.url.bucket, item.key, subscribers=subscribers)
+
+    def abandon(self) -> None:
+        super().abandon()
+        with self.lock:
+            uploads = list(self.open_uploads.items())
+            self.open_uploads.clear()
+        for key, upload_id in uploads:
+            with contextlib.suppress(Exception):
+                self.conn.client.abort_multipart_upload(Bucket=self.url.bucket, Key=key, UploadId=upload_id)
 
     def finish_item(self, item: _Item) -> None:
         self._multipart_closed(item)

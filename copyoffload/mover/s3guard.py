@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import IO
 
 from copyoffload.mover.model import S3Options
@@ -55,9 +57,15 @@ class Guard:
     def upload_closed(self, upload_id: str) -> None:
         self._send(op="closed", id=upload_id)
 
-    def close(self) -> None:
-        """The copy cleaned up after itself (or finished): the guard has nothing to do."""
-        self._send(op="done")
+    def multipart_key(self, bucket: str, key: str) -> None:
+        """A multipart upload of `key` may begin (its id may never reach us if we are killed first)."""
+        self._send(op="key", bucket=bucket, key=key)
+
+    def close(self, *, clean: bool = True) -> None:
+        """`clean`: the copy finished or cleaned up after itself, the guard has nothing to do; else the
+        guard cleans up what it was told about, as if the copy had been killed."""
+        if clean:
+            self._send(op="done")
         with contextlib.suppress(OSError, ValueError):
             assert self._proc.stdin is not None
             self._proc.stdin.close()
@@ -68,10 +76,19 @@ class Guard:
             self._proc.wait()
 
 
-def watch(stream: IO[bytes]) -> tuple[bool, set[str], dict[str, tuple[str, str]]]:
-    """Read the copy's events to EOF: (finished cleanly, partial files, open uploads)."""
-    files: set[str] = set()
-    uploads: dict[str, tuple[str, str]] = {}
+@dataclass
+class Leftovers:
+    """What a copy told the guard about and did not clear."""
+
+    files: set[str] = field(default_factory=set)
+    uploads: dict[str, tuple[str, str]] = field(default_factory=dict)  # upload id -> (bucket, key)
+    keys: set[tuple[str, str]] = field(default_factory=set)  # multipart uploads that may have begun
+
+
+def watch(stream: IO[bytes]) -> tuple[bool, Leftovers]:
+    """Read the copy's events to EOF: (finished cleanly, what it left)."""
+    left = Leftovers()
+    files, uploads = left.files, left.uploads
     done = False
     for raw in stream:
         try:
@@ -87,30 +104,41 @@ def watch(stream: IO[bytes]) -> tuple[bool, set[str], dict[str, tuple[str, str]]
             uploads[str(event["id"])] = (str(event["bucket"]), str(event["key"]))
         elif op == "closed":
             uploads.pop(str(event["id"]), None)
+        elif op == "key":
+            left.keys.add((str(event["bucket"]), str(event["key"])))
         elif op == "done":
             done = True
-    return done, files, uploads
+    return done, left
 
 
-def clean_up(options: S3Options, files: set[str], uploads: dict[str, tuple[str, str]]) -> None:
-    for path in files:
+def clean_up(options: S3Options, left: Leftovers, since: float) -> None:
+    """Remove partial files; abort known uploads, and uploads of the announced keys begun since `since`."""
+    for path in left.files:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    if not uploads:
+    if not left.uploads and not left.keys:
         return
     from copyoffload.mover.s3client import Connection
 
     client = Connection(options).client
+    uploads = dict(left.uploads)
+    for bucket, key in left.keys:
+        with contextlib.suppress(Exception):
+            listed = client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+            for upload in listed:
+                if upload.get("Key") == key and upload["Initiated"].timestamp() >= since:
+                    uploads[str(upload["UploadId"])] = (bucket, key)
     for upload_id, (bucket, key) in uploads.items():
         with contextlib.suppress(Exception):  # already completed or aborted: nothing left to do
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
 
 def main(argv: list[str]) -> int:
+    started = time.time() - 2.0  # the copy started just before us; allow for clock granularity
     options = S3Options.from_mapping(json.loads(argv[0]))
-    done, files, uploads = watch(sys.stdin.buffer)
+    done, left = watch(sys.stdin.buffer)
     if not done:
-        clean_up(options, files, uploads)
+        clean_up(options, left, started)
     return 0
 
 
