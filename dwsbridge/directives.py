@@ -15,9 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from copyoffload.s3url import is_s3_url
 from dwsbridge.errors import ConfigError, DirectiveError, ValidationFailed
-from dwsbridge.staging_s3 import s3_staging_errors
 
 PREFIX = "#DW"
 BUNDLED_RULESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "nnf-ruleset.yaml")
@@ -456,7 +454,7 @@ def _check_staging(directive: Directive, by_command: Mapping[str, list[Directive
             continue  # missing or empty: the ruleset reports it
         kind, name, _ = split_staging_path(value)
         if kind == "global":
-            if not value.startswith("/") and not is_s3_url(value):  # s3://: staging_s3.py judges it
+            if not value.startswith("/") and not _is_s3_url(value):  # s3://: staging_s3.py judges it
                 hint = ""
                 if value.startswith("${DW_"):
                     hint = "; write the variable without braces, e.g. $DW_JOB_data/file"
@@ -488,6 +486,21 @@ def _check_staging(directive: Directive, by_command: Mapping[str, list[Directive
                 )
             )
     return errors
+
+
+def _is_s3_url(value: str) -> bool:
+    from copyoffload.s3url import is_s3_url
+
+    return is_s3_url(value)
+
+
+def _s3_staging_errors(directives: Sequence[Directive], backend: str | None) -> list[DirectiveError]:
+    """dwsbridge/staging_s3.py's checks, imported only for a job that has an s3:// path at all."""
+    if not any(d.command in STAGING_COMMANDS and "s3://" in d.text.lower() for d in directives):
+        return []
+    from dwsbridge.staging_s3 import s3_staging_errors
+
+    return s3_staging_errors(directives, backend)
 
 
 def _cross_directive(directives: Sequence[Directive], total: int) -> list[DirectiveError]:
@@ -605,7 +618,7 @@ def check_job(
     for directive in checked:
         errors += rules.validate(directive, unique)
     errors += _cross_directive(checked, len(entries))
-    errors += s3_staging_errors(checked, backend)
+    errors += _s3_staging_errors(checked, backend)
     errors.sort(key=lambda e: e.line)
     return normalized, errors
 
