@@ -324,7 +324,8 @@ class _Subscriber:
         self.window = window
 
     def on_queued(self, future: Any, **kwargs: Any) -> None:
-        pass
+        """The size is known (listing, HEAD, stat): s3transfer need not ask the server again."""
+        future.meta.provide_transfer_size(self.item.size)
 
     def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
         self.transfer.add_bytes(bytes_transferred)
