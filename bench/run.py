@@ -32,6 +32,7 @@ def commands(quick: bool, write: bool) -> dict[str, list[str]]:
             *([] if write else ["--no-write"]),
         ],
         "bench_kubernetes": [*(["--repeat", "3"] if quick else []), *([] if write else ["--no-write"])],
+        "bench_s3": [*(["--rounds", "1"] if quick else []), *([] if write else ["--no-write"])],
     }
 
 
