@@ -332,6 +332,27 @@ def test_an_unknown_profile_says_how_to_define_it(server: S3Server, alice: S3Use
 # --- two users ------------------------------------------------------------------------------------------
 
 
+def test_a_symlink_another_user_plants_at_the_destination_is_never_written_through(
+    server: S3Server, alice: S3User, bob: S3User
+) -> None:
+    """In a shared sticky directory Bob plants `report.txt -> Alice's file`: Alice's download must not
+    write through it (it may only fail), her file stays intact, and no partial file is left."""
+    server.client().put_object(Bucket=ALICE_BUCKET, Key="drop/report.txt", Body=b"downloaded\n")
+    with shared_tmpdir() as tmp:
+        shared = Path(tmp)
+        os.chmod(shared, 0o1777)
+        victim = alice.home / "victim.txt"
+        victim.write_text("precious\n")
+        os.chown(victim, alice.uid, alice.gid)
+        trap = shared / "report.txt"
+        trap.symlink_to(victim)
+        os.lchown(trap, bob.uid, bob.gid)
+        with pytest.raises(CopyError, match=r"cannot write .*/report\.txt: Operation not permitted"):
+            copy_as_user(f"s3://{ALICE_BUCKET}/drop/report.txt", shared, uid=alice.uid, gid=alice.gid)
+        assert victim.read_text() == "precious\n"
+        assert os.listdir(shared) == ["report.txt"] and trap.is_symlink()
+
+
 def test_each_user_copies_with_its_own_credentials_only(
     server: S3Server, alice: S3User, bob: S3User, work: Path
 ) -> None:

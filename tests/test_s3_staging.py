@@ -294,7 +294,7 @@ def test_hurry_teardown_during_a_large_copy_out_leaves_no_multipart_upload(
     lc.walk(name, ["Setup", "DataIn", "PreRun", "PostRun"])
     scratch = Path(lc.environment(name)["DW_JOB_scratch"])
     run_as = {"user": stager.uid, "group": stager.gid, "extra_groups": []}
-    subprocess.run(["sh", "-c", f"head -c 400000000 /dev/urandom > {scratch}/big.bin"], check=True, **run_as)
+    subprocess.run(["sh", "-c", f"head -c 160000000 /dev/urandom > {scratch}/big.bin"], check=True, **run_as)
     s3 = json.dumps({**config.s3, "max_concurrency": 2, "multipart_chunksize": 8 << 20})
     proc = subprocess.Popen([sys.executable, "-c", DATA_OUT_SCRIPT, str(config.root), name, s3], cwd=REPO)
     client = server.client()
@@ -327,7 +327,7 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
 ) -> None:
     payload = os.urandom(3_000_000)
     _put(server, {"co/in/data.bin": payload})
-    big = bytes(range(256)) * (1 << 20)  # 256 MiB, for the cancel
+    big = bytes(range(256)) * (384 << 10)  # 96 MiB, read in 6 ranges at once: slow enough to cancel
     server.client().put_object(Bucket=BUCKET, Key="co/big.bin", Body=big)
     lc = _lifecycle(config)
     name = lc.create(wlm="slurm", job_id="6", uid=stager.uid, gid=stager.gid, directives=COPY_OFFLOAD)

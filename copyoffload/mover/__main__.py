@@ -26,7 +26,10 @@ Emit = Callable[[dict[str, object]], None]
 def _parser() -> argparse.ArgumentParser:
     defaults = CopyOptions()
     p = argparse.ArgumentParser(
-        prog="python -m copyoffload.mover", description="Copy like cp -a, in parallel."
+        prog="python -m copyoffload.mover",
+        description="Copy like cp -a, in parallel. SRC or DEST may be s3://BUCKET/KEY (a key ending in / "
+        "is a prefix: a whole tree), with the credentials in your ~/.aws (AWS_PROFILE, AWS_ENDPOINT_URL "
+        "apply).",
     )
     p.add_argument("src")
     p.add_argument("dest")

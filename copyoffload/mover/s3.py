@@ -83,7 +83,8 @@ class _Item:
 class _Transfer:
     """What downloads and uploads share: the plan, the s3transfer manager, progress, cancel, cleanup."""
 
-    verb = "copy"
+    verb = "copy"  # what is done to the S3 side
+    local_verb = "copy"  # and to the local side
 
     def __init__(
         self,
@@ -277,7 +278,7 @@ class _Transfer:
             except OSError as err:
                 self.discard_item(item)
                 return CopyError(
-                    f"cannot {self.verb} {self.target(item)}: {os.strerror(err.errno or 0) or err}",
+                    f"cannot {self.local_verb} {self.target(item)}: {os.strerror(err.errno or 0) or err}",
                     path=self.target(item),
                 )
             with self.lock:
@@ -360,6 +361,7 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 class _Download(_Transfer):
     verb = "read"
+    local_verb = "write"
     spread_ranges = True
 
     def __init__(
@@ -567,6 +569,7 @@ def _mtime(obj: dict[str, Any]) -> float:
 
 class _Upload(_Transfer):
     verb = "write"
+    local_verb = "read"
 
     def __init__(
         self,
