@@ -18,6 +18,7 @@ Semantics:
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import queue
@@ -76,6 +77,7 @@ class _Item:
     path: str
     size: int
     mtime: float = 0.0
+    etag: str = ""  # known from the listing or HEAD (downloads): s3transfer need not HEAD again
     index: int = -1
     settled: bool = False
 
@@ -273,18 +275,11 @@ class _Transfer:
         item.settled = True
         self.futures.pop(item.index, None)
         if exc is None:
-            try:
-                self.finish_item(item)
-            except OSError as err:
-                self.discard_item(item)
-                return CopyError(
-                    f"cannot {self.local_verb} {self.target(item)}: {os.strerror(err.errno or 0) or err}",
-                    path=self.target(item),
-                )
             with self.lock:
                 self.files_done += 1
             return None
-        self.discard_item(item)
+        if isinstance(exc, CopyError):
+            return exc
         if self.stopping and _is_cancellation(exc):
             return None
         with contextlib.suppress(AttributeError, TypeError):
@@ -293,6 +288,11 @@ class _Transfer:
 
     def source_of(self, item: _Item) -> str:
         return f"s3://{self.url.bucket}/{item.key}"
+
+    def local_failure(self, item: _Item, err: OSError) -> CopyError:
+        target = self.target(item)
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        return CopyError(f"cannot {self.local_verb} {target}: {reason}", path=target)
 
     def _snapshot(self, finished: bool = False) -> Progress:
         with self.lock:
@@ -325,18 +325,29 @@ class _Subscriber:
         self.window = window
 
     def on_queued(self, future: Any, **kwargs: Any) -> None:
-        """The size is known (listing, HEAD, stat): s3transfer need not ask the server again."""
+        """Size and ETag are known (listing, HEAD, stat): s3transfer need not HEAD each object again
+        (and the ETag makes a ranged download fail rather than mix two versions of an object)."""
         future.meta.provide_transfer_size(self.item.size)
+        if self.item.etag:
+            future.meta.provide_object_etag(self.item.etag)
 
     def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
         self.transfer.add_bytes(bytes_transferred)
 
     def on_done(self, future: Any, **kwargs: Any) -> None:
+        """Runs in s3transfer's thread: the item is put in place (or removed) here, in parallel."""
         exc: BaseException | None = None
         try:
             future.result()
         except BaseException as err:
             exc = err
+        if exc is None:
+            try:
+                self.transfer.finish_item(self.item)
+            except OSError as err:
+                exc = self.transfer.local_failure(self.item, err)
+        if exc is not None:
+            self.transfer.discard_item(self.item)
         self.transfer.completions.put((self.item, exc))
         self.window.release()
 
@@ -375,8 +386,8 @@ class _Download(_Transfer):
     ) -> None:
         super().__init__(connection, url, options, progress, cancel)
         self.dest = dest
-        self.files: dict[int, Any] = {}
-        self.temps: dict[int, str] = {}
+        self.parts: dict[int, _PartFile] = {}  # item index -> its temporary file, until it is settled
+        self.announced: set[str] = set()  # directories the guard knows we write partial files in
 
     def plan(self) -> list[_Item]:
         url = self.url
@@ -384,7 +395,11 @@ class _Download(_Transfer):
             head = self._head(url.key)
             if head is not None:
                 target = _resolve_target(url.key.rsplit("/", 1)[-1], self.dest, str(url))
-                return [_Item(url.key, target, int(head["ContentLength"]), _mtime(head))]
+                return [
+                    _Item(
+                        url.key, target, int(head["ContentLength"]), _mtime(head), str(head.get("ETag", ""))
+                    )
+                ]
         prefix = url.key if url.is_prefix else url.key + "/"
         objects = list(self._list(prefix))
         if not objects:
@@ -412,7 +427,7 @@ class _Download(_Transfer):
                 continue
             path = os.path.join(top, relative)
             self._make_dirs(os.path.dirname(path))
-            items.append(_Item(key, path, int(obj["Size"]), _mtime(obj)))
+            items.append(_Item(key, path, int(obj["Size"]), _mtime(obj), str(obj.get("ETag", ""))))
         return items
 
     def _head(self, key: str) -> dict[str, Any] | None:
@@ -491,49 +506,103 @@ class _Download(_Transfer):
                 ) from None
 
     def submit(self, manager: Any, item: _Item, subscribers: list[Any]) -> Any:
-        index = item.index
-        temp = temp_name(item.path)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        self.guard.partial_file(temp)
-        self.temps[index] = temp
-        self.files[index] = os.fdopen(fd, "wb")
-        return manager.download(self.url.bucket, item.key, self.files[index], subscribers=subscribers)
+        directory = os.path.dirname(item.path)
+        if directory not in self.announced:
+            self.announced.add(directory)
+            self.guard.partial_dir(directory, os.getpid())
+        part = _PartFile(item.path)
+        with self.lock:
+            self.parts[item.index] = part
+        return manager.download(self.url.bucket, item.key, part, subscribers=subscribers)
 
     def finish_item(self, item: _Item) -> None:
-        index = item.index
-        handle = self.files.pop(index)
-        temp = self.temps.pop(index)
-        handle.close()
-        os.chmod(temp, FILE_MODE)
-        if item.mtime:
-            os.utime(temp, (item.mtime, item.mtime))
-        try:
-            os.replace(temp, item.path)
-        except OSError:
-            self.temps[index] = temp
-            raise
-        self.guard.file_placed(temp)
+        with self.lock:
+            part = self.parts[item.index]
+        part.place(item.mtime)
+        with self.lock:
+            self.parts.pop(item.index, None)
 
     def discard_item(self, item: _Item) -> None:
-        handle = self.files.pop(item.index, None)
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                handle.close()
-        temp = self.temps.pop(item.index, None)
-        if temp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            self.guard.file_placed(temp)
+        with self.lock:
+            part = self.parts.pop(item.index, None)
+        if part is not None:
+            part.discard()
 
     def discard_unsettled(self, items: list[_Item]) -> None:
-        for index in list(self.temps):
-            self.discard_item(items[index])
+        with self.lock:
+            parts = list(self.parts.values())
+            self.parts.clear()
+        for part in parts:
+            part.discard()
 
     def target(self, item: _Item) -> str:
         return item.path
 
     def source_of(self, item: _Item) -> str:
         return f"s3://{self.url.bucket}/{item.key}"
+
+
+class _PartFile:
+    """The temporary file a download writes (s3transfer seeks and writes it from its IO thread): made
+    at the first write, so the submitting thread never waits on the file system, and never again once
+    discarded; `place` renames it to its final name."""
+
+    _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def __init__(self, final: str) -> None:
+        self.final = final
+        self.temp = temp_name(final)
+        self._handle: Any = None
+        self._dead = False
+        self._lock = threading.Lock()
+
+    def _file(self) -> Any:
+        if self._handle is None:
+            if self._dead:
+                raise OSError(errno.ECANCELED, "the copy was stopped")
+            self._handle = os.fdopen(os.open(self.temp, self._FLAGS, 0o600), "wb")
+        return self._handle
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        with self._lock:
+            return int(self._file().seek(offset, whence))
+
+    def tell(self) -> int:
+        with self._lock:
+            return int(self._file().tell())
+
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            return int(self._file().write(data))
+
+    def place(self, mtime: float) -> None:
+        with self._lock:
+            handle = self._file()  # an empty object was never written: make it now
+            self._dead, self._handle = True, None
+            try:
+                handle.close()
+                os.chmod(self.temp, FILE_MODE)
+                if mtime:
+                    os.utime(self.temp, (mtime, mtime))
+                os.replace(self.temp, self.final)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.temp)
+                raise
+
+    def discard(self) -> None:
+        with self._lock:
+            self._dead = True
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp)
 
 
 def _resolve_target(name: str, dest: str, source: str) -> str:

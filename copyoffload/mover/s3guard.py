@@ -2,9 +2,9 @@
 
 A hurry teardown kills a copy's whole process group at once, so the copy cannot clean up after itself.
 The copy therefore starts this guard (same user, own session, so outside that group) and tells it, over
-a pipe, each multipart upload it opened and each partial file it is writing. When the pipe closes
-without a final `done`, the guard removes the partial files and aborts the multipart uploads, then
-exits. Protocol: one JSON object per line on the guard's stdin.
+a pipe, each multipart upload it opened and each directory it writes partial files in. When the pipe
+closes without a final `done`, the guard removes those partial files (their names carry the copy's pid)
+and aborts the multipart uploads, then exits. Protocol: one JSON object per line on the guard's stdin.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
+from copyoffload.mover.files import is_temp_name_of
 from copyoffload.mover.model import S3Options
 
 
@@ -45,11 +46,9 @@ class Guard:
             stream.write(line)
             stream.flush()
 
-    def partial_file(self, path: str) -> None:
-        self._send(op="file", path=path)
-
-    def file_placed(self, path: str) -> None:
-        self._send(op="placed", path=path)
+    def partial_dir(self, path: str, pid: int) -> None:
+        """Process `pid` writes partial files (files.temp_name) in directory `path`."""
+        self._send(op="dir", path=path, pid=str(pid))
 
     def upload_opened(self, bucket: str, key: str, upload_id: str) -> None:
         self._send(op="upload", bucket=bucket, key=key, id=upload_id)
@@ -80,7 +79,7 @@ class Guard:
 class Leftovers:
     """What a copy told the guard about and did not clear."""
 
-    files: set[str] = field(default_factory=set)
+    dirs: set[tuple[str, int]] = field(default_factory=set)  # (directory, pid writing partial files)
     uploads: dict[str, tuple[str, str]] = field(default_factory=dict)  # upload id -> (bucket, key)
     keys: set[tuple[str, str]] = field(default_factory=set)  # multipart uploads that may have begun
 
@@ -88,7 +87,7 @@ class Leftovers:
 def watch(stream: IO[bytes]) -> tuple[bool, Leftovers]:
     """Read the copy's events to EOF: (finished cleanly, what it left)."""
     left = Leftovers()
-    files, uploads = left.files, left.uploads
+    uploads = left.uploads
     done = False
     for raw in stream:
         try:
@@ -96,10 +95,8 @@ def watch(stream: IO[bytes]) -> tuple[bool, Leftovers]:
         except ValueError:
             continue
         op = event.get("op") if isinstance(event, dict) else None
-        if op == "file":
-            files.add(str(event["path"]))
-        elif op == "placed":
-            files.discard(str(event["path"]))
+        if op == "dir":
+            left.dirs.add((str(event["path"]), int(event["pid"])))
         elif op == "upload":
             uploads[str(event["id"])] = (str(event["bucket"]), str(event["key"]))
         elif op == "closed":
@@ -113,9 +110,12 @@ def watch(stream: IO[bytes]) -> tuple[bool, Leftovers]:
 
 def clean_up(options: S3Options, left: Leftovers, since: float) -> None:
     """Remove partial files; abort known uploads, and uploads of the announced keys begun since `since`."""
-    for path in left.files:
+    for directory, pid in left.dirs:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            for name in os.listdir(directory):
+                if is_temp_name_of(name, pid):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
     if not left.uploads and not left.keys:
         return
     from copyoffload.mover.s3client import Connection
