@@ -343,6 +343,11 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
         )
         put = co.status(co.copy(str(scratch / "in"), f"s3://{BUCKET}/co/out/"), max_wait_secs=-1)
         assert (put.state, put.status) == ("completed", "success"), put.message
+        denied = co.status(co.copy(f"s3://{OTHER}/x.bin", str(scratch) + "/"), max_wait_secs=-1)
+        assert (
+            denied.status == "failed" and f"cannot read s3://{OTHER}/x.bin: access denied" in denied.message
+        )
+        shown = json.dumps([got.raw, put.raw, denied.raw])
         job = co.copy(f"s3://{BUCKET}/co/big.bin", str(scratch) + "/")
         deadline = time.monotonic() + 30
         while co.status(job).progress == 0:
@@ -356,4 +361,7 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
     assert _objects(server, "co/out/") == {"co/out/data.bin": payload}
     assert sorted(os.listdir(scratch)) == ["in"]  # no partial big.bin
     lc.walk(name, ["PostRun", "DataOut"])
+    server_log = (config.root / "log" / f"{name}-copy-offload.log").read_text(errors="replace")
     lc.teardown(name)
+    for secret in server.secrets():
+        assert secret not in shown and secret not in server_log

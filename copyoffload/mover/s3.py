@@ -287,6 +287,7 @@ class _Transfer:
         return exc
 
     def source_of(self, item: _Item) -> str:
+        """The S3 URL of the item (what an S3 error names)."""
         return f"s3://{self.url.bucket}/{item.key}"
 
     def local_failure(self, item: _Item, err: OSError) -> CopyError:
@@ -538,9 +539,6 @@ class _Download(_Transfer):
     def target(self, item: _Item) -> str:
         return item.path
 
-    def source_of(self, item: _Item) -> str:
-        return f"s3://{self.url.bucket}/{item.key}"
-
 
 class _PartFile:
     """The temporary file a download writes (s3transfer seeks and writes it from its IO thread): made
@@ -729,6 +727,3 @@ class _Upload(_Transfer):
 
     def target(self, item: _Item) -> str:
         return f"s3://{self.url.bucket}/{item.key}"
-
-    def source_of(self, item: _Item) -> str:
-        return self.target(item)
