@@ -146,14 +146,15 @@ def measure(bench: Bench, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], rounds: int) -> str:
+def markdown(rows: list[dict[str, Any]], rounds: int, load: tuple[float, float]) -> str:
     lines = [
         SECTION,
         "",
         f"Measured {datetime.date.today().isoformat()} by `python -m bench.bench_s3` (median of {rounds} "
         "rounds, tools alternating), on this 2-core machine, against moto's S3 server on loopback "
         "(testenv/s3server.py, its own process, authentication on). Both tools are fresh processes with "
-        "the same credentials and transfer settings (see the module docstring). Goal: at least 1.0x awscli.",
+        "the same credentials and transfer settings (see the module docstring). Goal: at least 1.0x awscli. "
+        f"The machine was shared: load average {load[0]:.1f} at the start, {load[1]:.1f} at the end.",
         "",
         "| case | direction | mover (s) | aws s3 cp --recursive (s) | awscli / mover | goal |",
         "|---|---|---:|---:|---:|---|",
@@ -175,7 +176,7 @@ def markdown(rows: list[dict[str, Any]], rounds: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     _aws()
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         cwd=REPO,
     )
+    load_before = os.getloadavg()[0]
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(10)
-    section = markdown(rows, args.rounds)
+    section = markdown(rows, args.rounds, (load_before, os.getloadavg()[0]))
     print(section)
     if not args.no_write:
         write_section(REPO / "BENCHMARKS.md", section)

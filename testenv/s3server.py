@@ -7,6 +7,9 @@ Each `--user NAME=BUCKET,...` becomes an IAM user with its own access key, allow
 only; an `admin` user may do anything (tests use it to inspect buckets). The buckets are created. When
 the server answers, the ready file (mode 0600) holds JSON: {"endpoint": URL, "users": {NAME:
 {"access_key": ..., "secret_key": ...}}}. SIGTERM stops it. Nothing but 127.0.0.1 is ever bound.
+
+Objects under a `slow/` prefix are served at `--slow-rate` bytes/s (a slow link), so that tests can
+interrupt a download midway however fast this machine is.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REGION = "us-east-1"
 
@@ -34,18 +40,65 @@ def _policy(buckets: list[str] | None) -> str:
     )
 
 
+SLOW_CHUNK = 64 * 1024
+
+
+class SlowKeys:
+    """WSGI middleware: GET responses for keys under `slow/` trickle out at `rate` bytes/s."""
+
+    def __init__(self, app: Any, rate: int) -> None:
+        self.app = app
+        self.rate = rate
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        body = self.app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "GET" or "/slow/" not in environ.get("PATH_INFO", ""):
+            return body
+        return self._trickle(body)
+
+    def _trickle(self, body: Any) -> Iterator[bytes]:
+        try:
+            for chunk in body:
+                for start in range(0, len(chunk), SLOW_CHUNK):
+                    time.sleep(SLOW_CHUNK / self.rate)
+                    yield chunk[start : start + SLOW_CHUNK]
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+
+def _serve(port: int, rate: int) -> Any:
+    """moto's ThreadedMotoServer, its app wrapped in SlowKeys."""
+    from moto.moto_server import threaded_moto_server as tms
+
+    class Server(tms.ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = SlowKeys(tms.DomainDispatcherApplication(tms.create_backend_app), rate)
+            self._server = tms.make_server(
+                self._ip_address, self._port, app, True, request_handler=tms.MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    server = Server(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testenv.s3server", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ready-file", required=True)
     parser.add_argument("--user", action="append", default=[], metavar="NAME=BUCKET,...")
+    parser.add_argument(
+        "--slow-rate", type=int, default=8 << 20, metavar="BYTES", help="for keys under slow/"
+    )
     args = parser.parse_args(argv)
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # read by moto.settings at import: auth on
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.iam.models import iam_backends
     from moto.s3.models import s3_backends
-    from moto.server import ThreadedMotoServer
 
     iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
     s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
@@ -61,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         users[name] = {"access_key": key.access_key_id, "secret_key": key.secret_access_key}
         for bucket in buckets or []:
             s3.create_bucket(bucket, REGION)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
-    server.start()
+    server = _serve(args.port, args.slow_rate)
     ready = Path(args.ready_file)
     fd = os.open(ready.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -306,9 +306,9 @@ def test_an_unreachable_endpoint_says_to_check_endpoint_url(
     server: S3Server, homes: Path, work: Path
 ) -> None:
     keys = {"aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": "s" * 40}
-    user = _user_with(server, homes, "noserver", keys, "http://127.0.0.1:6899")  # nothing listens there
+    user = _user_with(server, homes, "noserver", keys, "http://127.0.0.1:6896")  # nothing listens
     with pytest.raises(
-        CopyError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:6899: check endpoint_url"
+        CopyError, match=r"cannot reach the S3 endpoint http://127\.0\.0\.1:6896: check endpoint_url"
     ):
         copy_as_user(f"s3://{ALICE_BUCKET}/x", work, uid=user.uid, gid=user.gid)
 

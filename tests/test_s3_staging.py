@@ -327,8 +327,8 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
 ) -> None:
     payload = os.urandom(3_000_000)
     _put(server, {"co/in/data.bin": payload})
-    big = bytes(range(256)) * (384 << 10)  # 96 MiB, read in 6 ranges at once: slow enough to cancel
-    server.client().put_object(Bucket=BUCKET, Key="co/big.bin", Body=big)
+    big = bytes(range(256)) * (128 << 10)  # 32 MiB under slow/: served at 8 MiB/s, so cancelled midway
+    server.client().put_object(Bucket=BUCKET, Key="co/slow/big.bin", Body=big)
     lc = _lifecycle(config)
     name = lc.create(wlm="slurm", job_id="6", uid=stager.uid, gid=stager.gid, directives=COPY_OFFLOAD)
     lc.walk(name, ["Setup", "DataIn", "PreRun"])
@@ -348,7 +348,7 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
             denied.status == "failed" and f"cannot read s3://{OTHER}/x.bin: access denied" in denied.message
         )
         shown = json.dumps([got.raw, put.raw, denied.raw])
-        job = co.copy(f"s3://{BUCKET}/co/big.bin", str(scratch) + "/")
+        job = co.copy(f"s3://{BUCKET}/co/slow/big.bin", str(scratch) + "/")
         deadline = time.monotonic() + 30
         while co.status(job).progress == 0:
             assert time.monotonic() < deadline
