@@ -44,15 +44,19 @@ SLOW_CHUNK = 64 * 1024
 
 
 class SlowKeys:
-    """WSGI middleware: GET responses for keys under `slow/` trickle out at `rate` bytes/s."""
+    """WSGI middleware: for keys under `slow/`, GET responses trickle out and PUT bodies trickle in at
+    `rate` bytes/s."""
 
     def __init__(self, app: Any, rate: int) -> None:
         self.app = app
         self.rate = rate
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        slow = "/slow/" in environ.get("PATH_INFO", "")
+        if slow and environ.get("REQUEST_METHOD") == "PUT":
+            environ["wsgi.input"] = _SlowReader(environ["wsgi.input"], self.rate)
         body = self.app(environ, start_response)
-        if environ.get("REQUEST_METHOD") != "GET" or "/slow/" not in environ.get("PATH_INFO", ""):
+        if not slow or environ.get("REQUEST_METHOD") != "GET":
             return body
         return self._trickle(body)
 
@@ -65,6 +69,35 @@ class SlowKeys:
         finally:
             if hasattr(body, "close"):
                 body.close()
+
+
+class _SlowReader:
+    def __init__(self, stream: Any, rate: int) -> None:
+        self.stream = stream
+        self.rate = rate
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(SLOW_CHUNK if size is None or size < 0 else min(size, SLOW_CHUNK))
+        time.sleep(len(data) / self.rate)
+        if size is None or size < 0:
+            rest = [data]
+            while data:
+                data = self.read(SLOW_CHUNK)
+                rest.append(data)
+            return b"".join(rest)
+        return bytes(data)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[:SLOW_CHUNK]
+        count = int(self.stream.readinto(view) or 0)
+        time.sleep(count / self.rate)
+        return count
+
+    def readline(self, size: int = -1) -> bytes:
+        return bytes(self.stream.readline(size))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _serve(port: int, rate: int) -> Any:

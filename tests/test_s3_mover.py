@@ -30,7 +30,7 @@ pytest.importorskip("moto")
 
 ALICE_BUCKET, BOB_BUCKET = "dwsbt-alice", "dwsbt-bob"
 GiB = 1024**3
-LARGE = 96 * 1024 * 1024  # interrupted copies: long enough (8 MiB parts, two at a time) to stop midway
+LARGE = 32 * 1024 * 1024  # interrupted copies, under slow/ (8 MiB/s per request): stopped midway
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +392,7 @@ def test_roots_aws_environment_never_reaches_the_users_copy(
 @pytest.fixture(scope="module")
 def large_object(server: S3Server) -> str:
     """The object the interrupted downloads read (in ranges, two at a time)."""
-    key = "large/obj.bin"
+    key = "large/slow/obj.bin"
     with shared_tmpdir() as tmp:
         path = Path(tmp) / "obj.bin"
         _big_file(path, LARGE)
@@ -441,7 +441,7 @@ def test_cancelling_an_upload_stops_within_a_second_and_aborts_its_multipart_upl
     with pytest.raises(CopyCancelled):
         copy_as_user(
             src,
-            f"s3://{ALICE_BUCKET}/cancelled/up.bin",
+            f"s3://{ALICE_BUCKET}/slow/cancelled/up.bin",
             uid=alice.uid,
             gid=alice.gid,
             options=SLOW,
@@ -450,7 +450,7 @@ def test_cancelling_an_upload_stops_within_a_second_and_aborts_its_multipart_upl
         )
     assert moving.is_set() and time.monotonic() - stopped_at[0] < 1.5
     assert _open_uploads(server, ALICE_BUCKET) == []
-    assert _keys(server, ALICE_BUCKET, "cancelled/") == {}
+    assert _keys(server, ALICE_BUCKET, "slow/cancelled/") == {}
 
 
 def test_a_killed_upload_leaves_no_multipart_upload(server: S3Server, alice: S3User, work: Path) -> None:
@@ -463,7 +463,7 @@ def test_a_killed_upload_leaves_no_multipart_upload(server: S3Server, alice: S3U
     with pytest.raises(CopyCancelled, match="SIGKILL"):
         copy_as_user(
             src,
-            f"s3://{ALICE_BUCKET}/killed/up.bin",
+            f"s3://{ALICE_BUCKET}/slow/killed/up.bin",
             uid=alice.uid,
             gid=alice.gid,
             options=SLOW,
@@ -472,7 +472,7 @@ def test_a_killed_upload_leaves_no_multipart_upload(server: S3Server, alice: S3U
         )
     assert moving.is_set()
     assert _eventually(lambda: _open_uploads(server, ALICE_BUCKET) == [])
-    assert _keys(server, ALICE_BUCKET, "killed/") == {}
+    assert _keys(server, ALICE_BUCKET, "slow/killed/") == {}
 
 
 def test_a_cancelled_download_removes_its_partial_file(

@@ -6,6 +6,7 @@ copy-offload to and from S3 (and cancelled), and the kubernetes backend refusing
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -289,17 +290,20 @@ def test_hurry_teardown_during_a_large_copy_out_leaves_no_multipart_upload(
         job_id="5",
         uid=stager.uid,
         gid=stager.gid,
-        directives=[JOBDW, f"#DW copy_out source=$DW_JOB_scratch/big.bin destination=s3://{BUCKET}/hurry/"],
+        directives=[
+            JOBDW,
+            f"#DW copy_out source=$DW_JOB_scratch/big.bin destination=s3://{BUCKET}/slow/hurry/",
+        ],
     )
     lc.walk(name, ["Setup", "DataIn", "PreRun", "PostRun"])
     scratch = Path(lc.environment(name)["DW_JOB_scratch"])
     run_as = {"user": stager.uid, "group": stager.gid, "extra_groups": []}
-    subprocess.run(["sh", "-c", f"head -c 160000000 /dev/urandom > {scratch}/big.bin"], check=True, **run_as)
+    subprocess.run(["sh", "-c", f"head -c 40000000 /dev/urandom > {scratch}/big.bin"], check=True, **run_as)
     s3 = json.dumps({**config.s3, "max_concurrency": 2, "multipart_chunksize": 8 << 20})
     proc = subprocess.Popen([sys.executable, "-c", DATA_OUT_SCRIPT, str(config.root), name, s3], cwd=REPO)
     client = server.client()
     deadline = time.monotonic() + 60
-    while not client.list_multipart_uploads(Bucket=BUCKET, Prefix="hurry/").get("Uploads"):
+    while not client.list_multipart_uploads(Bucket=BUCKET, Prefix="slow/hurry/").get("Uploads"):
         assert proc.poll() is None and time.monotonic() < deadline, "the upload never started"
         time.sleep(0.05)
     started = time.monotonic()
@@ -307,10 +311,10 @@ def test_hurry_teardown_during_a_large_copy_out_leaves_no_multipart_upload(
     assert time.monotonic() - started < 5
     assert proc.wait(30) != 0
     deadline = time.monotonic() + 15
-    while client.list_multipart_uploads(Bucket=BUCKET, Prefix="hurry/").get("Uploads"):
+    while client.list_multipart_uploads(Bucket=BUCKET, Prefix="slow/hurry/").get("Uploads"):
         assert time.monotonic() < deadline, "a multipart upload was left behind"
         time.sleep(0.1)
-    assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix="hurry/")
+    assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix="slow/hurry/")
     assert not lc.exists(name)
 
 
@@ -328,7 +332,7 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
     payload = os.urandom(3_000_000)
     _put(server, {"co/in/data.bin": payload})
     big = bytes(range(256)) * (128 << 10)  # 32 MiB under slow/: served at 8 MiB/s, so cancelled midway
-    server.client().put_object(Bucket=BUCKET, Key="co/slow/big.bin", Body=big)
+    server.client().upload_fileobj(io.BytesIO(big), BUCKET, "co/slow/big.bin")  # in parallel parts
     lc = _lifecycle(config)
     name = lc.create(wlm="slurm", job_id="6", uid=stager.uid, gid=stager.gid, directives=COPY_OFFLOAD)
     lc.walk(name, ["Setup", "DataIn", "PreRun"])
