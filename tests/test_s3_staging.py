@@ -335,6 +335,19 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
     server.client().upload_fileobj(io.BytesIO(big), BUCKET, "co/slow/big.bin")  # in parallel parts
     lc = _lifecycle(config)
     name = lc.create(wlm="slurm", job_id="6", uid=stager.uid, gid=stager.gid, directives=COPY_OFFLOAD)
+    try:
+        shown, server_log = _copy_offload_to_and_from_s3(server, lc, name, payload)
+    finally:
+        lc.teardown(name, hurry=True)  # also when an assertion failed: no server is left running
+    for secret in server.secrets():
+        assert secret not in shown and secret not in server_log
+
+
+def _copy_offload_to_and_from_s3(
+    server: S3Server, lc: Lifecycle, name: str, payload: bytes
+) -> tuple[str, str]:
+    """The body of the test above; returns what the job saw and the server's log."""
+    config = lc.config
     lc.walk(name, ["Setup", "DataIn", "PreRun"])
     env = lc.environment(name)
     scratch = Path(env["DW_JOB_scratch"])
@@ -365,7 +378,4 @@ def test_copy_offload_moves_data_from_and_to_s3_and_cancels_quickly(
     assert _objects(server, "co/out/") == {"co/out/data.bin": payload}
     assert sorted(os.listdir(scratch)) == ["in"]  # no partial big.bin
     lc.walk(name, ["PostRun", "DataOut"])
-    server_log = (config.root / "log" / f"{name}-copy-offload.log").read_text(errors="replace")
-    lc.teardown(name)
-    for secret in server.secrets():
-        assert secret not in shown and secret not in server_log
+    return shown, (config.root / "log" / f"{name}-copy-offload.log").read_text(errors="replace")
