@@ -57,6 +57,7 @@ demo: install
 	bash examples/demo.sh
 
 bench: install
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench.run
 
 # Regenerate nnf-dm's gRPC code after editing nnfdm/api/datamovement.proto (the output is committed).

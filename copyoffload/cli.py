@@ -16,6 +16,8 @@ examples (inside a job that has copy-offload; the server, port and token come fr
   copyoffload hello
   copyoffload copy $DW_JOB_scratch/out /lus/project/out --wait      copy and show progress until done
   job=$(copyoffload copy $DW_JOB_scratch/a /lus/project/a)          start a copy, keep its name
+  copyoffload copy s3://mybucket/inputs/ $DW_JOB_scratch/in --wait  a prefix from S3 (your ~/.aws creds)
+  copyoffload copy $DW_JOB_scratch/out s3://mybucket/results/ --wait   and back
   copyoffload status "$job" --wait 60 --json                        wait up to 60 s, print JSON
   copyoffload list
   copyoffload cancel "$job"

@@ -60,6 +60,9 @@ class Config:
     max_directives: int = 1000  # #DW directives per job
     max_directive_bytes: int = 256 * 1024  # bytes of a job's #DW directives
     max_errors: int = 20  # problems reported per job; the rest are counted
+    # s3:// staging: the site's defaults (endpoint_url, addressing_style, ca_bundle, multipart sizes,
+    # max_concurrency; see copyoffload.s3options.S3Options). Never credentials: those are the user's.
+    s3: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:
@@ -182,6 +185,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ValueError("must map each profile name to a mapping of mover options")
             return {str(k): dict(v) for k, v in value.items()}
+        if key == "s3":
+            return s3_settings(value)
         if key == "flux_presets":
             if not isinstance(value, dict):
                 raise ValueError("must be a mapping of preset name to directives")
@@ -189,6 +194,24 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: setting {key}: {exc}") from exc
+
+
+_S3_SIZES = ("multipart_threshold", "multipart_chunksize")
+
+
+def s3_settings(value: Any) -> dict[str, Any]:
+    """S3 settings checked now (a typo is an error at load, ValueError), sizes in bytes; kept as a
+    mapping so that loading a config without `s3` never imports anything for it."""
+    from copyoffload.s3options import S3Options
+
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of S3 settings (endpoint_url, max_concurrency, ...)")
+    settings = {str(k): v for k, v in value.items()}
+    for name in _S3_SIZES:
+        if name in settings:
+            settings[name] = parse_size(settings[name])
+    S3Options.from_mapping(settings)
+    return settings
 
 
 _UNITS = {

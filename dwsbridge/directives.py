@@ -523,7 +523,7 @@ def _check_staging(directive: Directive, index: JobIndex) -> Iterator[DirectiveE
         kind, name, _ = split_staging_path(value)
         shown = clip(value)
         if kind == "global":
-            if not value.startswith("/"):
+            if not value.startswith("/") and not _is_s3_url(value):  # s3://: staging_s3.py judges it
                 hint = ""
                 if value.startswith("${DW_"):
                     hint = "; write the variable without braces, e.g. $DW_JOB_data/file"
@@ -547,6 +547,21 @@ def _check_staging(directive: Directive, index: JobIndex) -> Iterator[DirectiveE
                 f"(on {target.where}); use type=xfs, gfs2 or lustre",
                 arg,
             )
+
+
+def _is_s3_url(value: str) -> bool:
+    from copyoffload.s3url import is_s3_url
+
+    return is_s3_url(value)
+
+
+def _s3_staging_errors(directives: Sequence[Directive], backend: str | None) -> list[DirectiveError]:
+    """dwsbridge/staging_s3.py's checks, imported only for a job that has an s3:// path at all."""
+    if not any(d.command in STAGING_COMMANDS and "s3://" in d.text.lower() for d in directives):
+        return []
+    from dwsbridge.staging_s3 import s3_staging_errors
+
+    return s3_staging_errors(directives, backend)
 
 
 def _check_container(
@@ -701,6 +716,7 @@ def check_job(
     strip_pool: bool = True,
     limits: Limits = DEFAULT_LIMITS,
     persistent_fs: Callable[[str], str | None] | None = None,
+    backend: str | None = None,
 ) -> tuple[list[Directive], list[DirectiveError]]:
     """Validate a job's directives; return the DWS-normalized directives that parsed, and its problems.
 
@@ -711,6 +727,7 @@ def check_job(
     At most `limits.max_errors` problems are returned, in line order, then one `MoreErrors` counting
     the rest; a job over the directive count or size limits gets one error and is not parsed at all.
     `persistent_fs(name)` gives a persistent instance's filesystem type, when the caller knows it.
+    With backend="kubernetes", s3:// staging paths are refused (real NNF cannot move them).
     """
     rules = ruleset if ruleset is not None else bundled_ruleset()
     early: list[DirectiveError] = []
@@ -744,6 +761,7 @@ def check_job(
     for directive in checked:
         problems.extend(rules.problems(directive, unique))
     problems.extend(_cross_directive(checked, len(entries), rules, persistent_fs))
+    problems.extend(_s3_staging_errors(checked, backend))
     return normalized, problems.report()
 
 
@@ -756,6 +774,7 @@ def validate_job(
     strip_pool: bool = True,
     limits: Limits = DEFAULT_LIMITS,
     persistent_fs: Callable[[str], str | None] | None = None,
+    backend: str | None = None,
 ) -> list[Directive]:
     """The DWS-normalized directives of a valid job; raises ValidationFailed listing its problems."""
     directives, errors = check_job(
@@ -766,6 +785,7 @@ def validate_job(
         strip_pool=strip_pool,
         limits=limits,
         persistent_fs=persistent_fs,
+        backend=backend,
     )
     if errors:
         raise ValidationFailed(errors)

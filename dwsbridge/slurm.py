@@ -186,7 +186,12 @@ class SlurmHooks:
 
         ruleset = RuleSet.load(self.config.ruleset)
         directives = validate_job(
-            items, ruleset=ruleset, wlm=WLM, pool=self.config.pool_name, limits=self.config.directive_limits
+            items,
+            ruleset=ruleset,
+            wlm=WLM,
+            pool=self.config.pool_name,
+            limits=self.config.directive_limits,
+            backend=self.config.backend,
         )
         return [d.text for d in directives]
 

@@ -23,6 +23,7 @@ Semantics (see BENCHMARKS.md for speed):
   process (the parent walks directories; each worker copies batches of one directory's entries); entries
   with several hard links and special files are finished by the parent. A single file, a dry run, or a
   copy with `bwlimit` uses threads. Workers are always reaped before `copy_tree` returns or raises.
+- `s3://bucket/key` as source or destination: see copyoffload/mover/s3.py (boto3, as the user).
 - Errors stop the copy at the first failure (`CopyError`, message `cannot <verb> <path>: <reason>`);
   directory modes and times are applied last, only when everything else succeeded.
 """
@@ -35,6 +36,7 @@ from copyoffload.mover.model import (
     CopyOptions,
     CopyResult,
     Progress,
+    S3Options,
     default_workers,
 )
 from copyoffload.mover.tree import copy_tree
@@ -46,6 +48,7 @@ __all__ = [
     "CopyOptions",
     "CopyResult",
     "Progress",
+    "S3Options",
     "copy_as_user",
     "copy_tree",
     "default_workers",

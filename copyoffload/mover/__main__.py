@@ -16,9 +16,10 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from copyoffload.mover.model import CopyCancelled, CopyError, CopyOptions, Progress
+from copyoffload.mover.model import CopyCancelled, CopyError, CopyOptions, Progress, S3Options
 from copyoffload.mover.tree import copy_tree
 from copyoffload.privileges import PrivilegeError, verify_dropped
+from copyoffload.s3options import S3_OPTIONS_ENV
 
 Emit = Callable[[dict[str, object]], None]
 
@@ -26,7 +27,10 @@ Emit = Callable[[dict[str, object]], None]
 def _parser() -> argparse.ArgumentParser:
     defaults = CopyOptions()
     p = argparse.ArgumentParser(
-        prog="python -m copyoffload.mover", description="Copy like cp -a, in parallel."
+        prog="python -m copyoffload.mover",
+        description="Copy like cp -a, in parallel. SRC or DEST may be s3://BUCKET/KEY (a key ending in / "
+        "is a prefix: a whole tree), with the credentials in your ~/.aws (AWS_PROFILE, AWS_ENDPOINT_URL "
+        "apply).",
     )
     p.add_argument("src")
     p.add_argument("dest")
@@ -38,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help=argparse.SUPPRESS)
     p.add_argument("--atomic-min-size", type=int, default=defaults.atomic_min_size, help=argparse.SUPPRESS)
     p.add_argument("--no-preserve-owner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--s3-options", metavar="JSON", help="s3:// settings (endpoint_url, max_concurrency, ...)")
     p.add_argument("--expect-uid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--expect-gid", type=int, help=argparse.SUPPRESS)
     return p
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk_size,
             atomic_min_size=args.atomic_min_size,
             bwlimit=args.bwlimit,
+            s3=_s3_options(args.s3_options),
         )
     except ValueError as exc:
         emit({"event": "error", "kind": "copy", "message": str(exc)})
@@ -86,6 +92,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     emit({"event": "result", **result.to_dict()})
     return 0
+
+
+def _s3_options(text: str | None) -> S3Options:
+    """$COPYOFFLOAD_S3_OPTIONS (a server's site settings), then --s3-options."""
+    options = S3Options()
+    for where, value in (("$" + S3_OPTIONS_ENV, os.environ.get(S3_OPTIONS_ENV)), ("--s3-options", text)):
+        if not value:
+            continue
+        try:
+            data = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{where} is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be a JSON object")
+        options = S3Options.from_mapping(data, base=options)
+    return options
 
 
 def _json_emitter(on_reader_gone: Callable[[], None]) -> Emit:
@@ -139,5 +161,15 @@ def _text_emitter() -> Emit:
     return emit
 
 
+def _exit(code: int) -> None:
+    """Exit now even if abandoned S3 requests still hold threads (a cancel must not wait for them)."""
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not lingering:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import queue
 import signal
 import subprocess
@@ -26,13 +27,17 @@ from copyoffload.mover.model import (
     CopyOptions,
     CopyResult,
     Progress,
+    S3Options,
 )
 from copyoffload.privileges import COPY_UMASK, credentials_for, running_as_root
+from copyoffload.s3options import S3_OPTIONS_ENV
 
 # After SIGTERM the child removes its partial files and exits; after this long it gets SIGKILL.
 TERM_GRACE_SECONDS = 2.0
 _STDERR_KEEP = 4096
-_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
+# S3_OPTIONS_ENV: a server's site S3 settings (JSON), the base of each copy's --s3-options.
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", S3_OPTIONS_ENV)
+_AWS_PREFIX = "AWS_"
 
 
 def copy_as_user(
@@ -56,7 +61,8 @@ def copy_as_user(
     user: int | None = None
     group: int | None = None
     extra_groups: list[int] | None = None
-    if running_as_root():
+    as_root = running_as_root()
+    if as_root:
         if uid != 0:
             creds = credentials_for(uid, gid)
             user, group, extra_groups = creds.uid, creds.gid, list(creds.groups)
@@ -69,7 +75,7 @@ def copy_as_user(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd="/",
-        env=_child_env(),
+        env=_child_env(uid, callers_own=not as_root),
         process_group=0,
         user=user,
         group=group,
@@ -89,16 +95,35 @@ def child_argv(src: str, dest: str, options: CopyOptions) -> list[str]:
         argv.append("--dry-run")
     if not options.preserve_owner:
         argv.append("--no-preserve-owner")
+    if options.s3 != S3Options():
+        argv += ["--s3-options", json.dumps(options.s3.to_dict(), separators=(",", ":"))]
     return argv
 
 
-def _child_env() -> dict[str, str]:
-    """A minimal environment: the caller's secrets (tokens, kubeconfig) stay out of the user's process."""
+def _child_env(uid: int, *, callers_own: bool) -> dict[str, str]:
+    """A minimal environment: the caller's secrets (tokens, kubeconfig) stay out of the user's process.
+
+    HOME is the user's, so an s3:// copy finds that user's ~/.aws files. The caller's AWS_* variables
+    pass only when the caller is the user itself (root's are never the user's), and the EC2 metadata
+    service is never asked for credentials."""
     env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
+    if callers_own:
+        env.update({k: v for k, v in os.environ.items() if k.startswith(_AWS_PREFIX)})
+    home = _home_of(uid)
+    if home:
+        env["HOME"] = home
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
     env.setdefault("PATH", "/usr/bin:/bin")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return os.environ.get("HOME", "") if uid == os.geteuid() else ""
 
 
 class _ChildCopy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,11 @@ def temp_name(dest: str) -> str:
     """The hidden name a file is written under before it is renamed to `dest` (same directory)."""
     head, name = os.path.split(dest)
     return os.path.join(head, f".{name}.{os.getpid()}-{next(_temp_counter)}.dwsb-part")
+
+
+def is_temp_name_of(name: str, pid: int) -> bool:
+    """True when `name` is one of the temporary names `temp_name` gives in process `pid`."""
+    return re.fullmatch(rf"\..+\.{pid}-\d+\.dwsb-part", name, re.S) is not None
 
 
 class ByteMover:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from copyoffload.s3options import S3Options
+
 
 def default_workers() -> int:
     """One worker per usable CPU (at least 2, at most 16): file creation is kernel CPU work."""
@@ -28,6 +30,8 @@ class CopyOptions:
     atomic_min_size: int = 1024 * 1024
     # Bytes per second across all workers; 0 = unlimited (a profile can cap a copy's bandwidth).
     bwlimit: int = 0
+    # How s3:// sources and destinations are reached (ignored for file copies).
+    s3: S3Options = field(default_factory=S3Options)
 
     def __post_init__(self) -> None:
         if self.workers < 1:

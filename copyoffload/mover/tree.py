@@ -26,6 +26,7 @@ from copyoffload.mover.model import (
     os_failure,
 )
 from copyoffload.mover.pool import TASK_NAME_BYTES, TASK_NAMES, Pool, WorkerConfig, WorkerDied
+from copyoffload.s3url import is_s3_url
 
 _BATCH_FILES = 64
 _BATCH_BYTES = 64 * 1024 * 1024
@@ -49,7 +50,12 @@ def copy_tree(
 
     If `dest` is an existing directory (or a symlink to one) the copy is `dest/basename(src)`; otherwise
     `dest` itself is created and its parent must exist. Raises `CopyError` or `CopyCancelled`.
+    An `s3://` source or destination is copied by copyoffload.mover.s3 (boto3, imported only then).
     """
+    if is_s3_url(os.fspath(src)) or is_s3_url(os.fspath(dest)):
+        from copyoffload.mover.s3 import s3_copy
+
+        return s3_copy(os.fspath(src), os.fspath(dest), options=options, progress=progress, cancel=cancel)
     return _TreeCopy(os.fspath(src), os.fspath(dest), options, progress, cancel).run()
 
 

@@ -118,6 +118,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         wlm=args.wlm,
         pool=lc.config.pool_name,
         limits=lc.config.directive_limits,
+        backend=lc.config.backend,
     )
     name = lc.create(
         wlm=args.wlm, job_id=args.job_id, uid=args.uid, gid=args.gid, directives=[d.text for d in directives]

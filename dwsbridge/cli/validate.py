@@ -135,6 +135,11 @@ def _input_options(parser: argparse.ArgumentParser, *, wlm_required: bool) -> No
     parser.add_argument(
         "--pool", metavar="NAME", help="Slurm burst-buffer pool that pool= must name (default: the config's)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "kubernetes"),
+        help="judge s3:// staging paths for this backend (default: the config's); kubernetes refuses them",
+    )
     parser.add_argument("script", metavar="SCRIPT", help="the job script, or - to read standard input")
 
 
@@ -171,9 +176,22 @@ def _check(args: argparse.Namespace) -> tuple[str, list[Directive], list[Directi
     text, shown = _read_input(args.script)
     ruleset, pool, namespace, limits = _settings(args)
     directives, errors = check_job(
-        job_directives(text, args.wlm), ruleset=ruleset, wlm=args.wlm, pool=pool, limits=limits
+        job_directives(text, args.wlm),
+        ruleset=ruleset,
+        wlm=args.wlm,
+        pool=pool,
+        limits=limits,
+        backend=_backend(args),
     )
     return shown, directives, errors, namespace
+
+
+def _backend(args: argparse.Namespace) -> str:
+    if args.backend:
+        return str(args.backend)
+    from dwsbridge.config import load_config
+
+    return load_config(args.config).backend
 
 
 def _print_errors(errors: list[DirectiveError]) -> None:

@@ -43,6 +43,7 @@ def flux_directives(
     presets: Mapping[str, str] | None = None,
     ruleset: RuleSet | None = None,
     limits: Limits | None = None,
+    backend: str | None = None,
 ) -> list[str]:
     """The job's `attributes.system.dw`, split and validated as DWS will receive it. Raises
     DirectiveError / ValidationFailed with the same text a Slurm user gets for the same lines."""
@@ -51,7 +52,9 @@ def flux_directives(
     texts = split_flux(dw, presets)
     if not texts:
         raise DirectiveError('attributes.system.dw holds no #DW directives (e.g. -S dw="#DW jobdw ...")')
-    directives = validate_job(texts, ruleset=ruleset, wlm=WLM, limits=limits or DEFAULT_LIMITS)
+    directives = validate_job(
+        texts, ruleset=ruleset, wlm=WLM, limits=limits or DEFAULT_LIMITS, backend=backend
+    )
     return [d.text for d in directives]
 
 
@@ -126,7 +129,9 @@ class DwsService:
                 protocol.parse_failure_tolerance(failure_tolerance)
             except ValueError as exc:
                 raise DwsBridgeError(str(exc)) from None
-        directives = flux_directives(dw, self.config.flux_presets, self.ruleset, self.config.directive_limits)
+        directives = flux_directives(
+            dw, self.config.flux_presets, self.ruleset, self.config.directive_limits, self.config.backend
+        )
         name = workflow_name(WLM, jobid)
         lc = self.lifecycle
         if lc.exists(name):

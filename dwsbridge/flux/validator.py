@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 
 
 def check_jobspec(
-    jobspec: Any, *, presets: Mapping[str, str] | None = None, ruleset: RuleSet | None = None
+    jobspec: Any,
+    *,
+    presets: Mapping[str, str] | None = None,
+    ruleset: RuleSet | None = None,
+    backend: str | None = None,
 ) -> str | None:
     """None when the job's `dw` and `dw_failure_tolerance` are acceptable, else what the user sees."""
     system = protocol.system_attributes(jobspec)
@@ -28,7 +32,7 @@ def check_jobspec(
             problems.append(str(exc))
     if protocol.DW_ATTRIBUTE in system:
         try:
-            flux_directives(system[protocol.DW_ATTRIBUTE], presets, ruleset)
+            flux_directives(system[protocol.DW_ATTRIBUTE], presets, ruleset, backend)
         except (DirectiveError, ValidationFailed) as exc:
             problems.append(str(exc))
     return "; ".join(problems) or None

@@ -89,6 +89,7 @@ class LocalBackend:
                 ruleset=RuleSet.load(self.config.ruleset),
                 limits=self.config.directive_limits,
                 persistent_fs=self._persistent_fs,
+                backend="local",
             )[1]
         except DirectiveError as exc:
             errors = [exc]

@@ -4,6 +4,7 @@ key, neither readable by the job's user; it copies as the job's user through the
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -80,6 +81,10 @@ def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
         # A bridge run from a checkout (not installed into this interpreter) still finds copyoffload.
         "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
     }
+    if driver.config.s3:  # the site's S3 settings, the base of every s3:// copy the server runs
+        from copyoffload.s3options import S3_OPTIONS_ENV
+
+        env[S3_OPTIONS_ENV] = json.dumps(driver.config.s3)
     command = [
         sys.executable,
         "-m",

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from copyoffload.s3url import is_s3_url
 from dwsbridge.backends.local import loopfs
 from dwsbridge.backends.local.storage import StorageError, make_private_dir, remove_tree
 from dwsbridge.backends.local.store import Store, is_alive
 from dwsbridge.config import Config, parse_size
+from dwsbridge.config import s3_settings as config_s3_settings
 from dwsbridge.workflow import (
     DATA_IN,
     DATA_OUT,
@@ -485,7 +487,7 @@ class LocalDriver:
                 self.track_process(obj, "copy", pid)
 
             try:
-                options = self.copy_options(d)
+                options = self.copy_options(d, s3=is_s3_url(source) or is_s3_url(dest))
                 copy_as_user(source, dest, uid=uid, gid=gid, options=options, on_child=register)
             except CopyCancelled as exc:
                 raise DriverError(f"{d.text}: copy cancelled: {exc}") from exc
@@ -495,25 +497,32 @@ class LocalDriver:
                 for pid in children:
                     self.store.remove_process(name, "copy", pid)
 
-    def copy_options(self, d: ParsedDirective) -> Any:
-        """Mover options from the directive's `profile=` (config data_movement_profiles)."""
-        from copyoffload.mover import CopyOptions
+    def copy_options(self, d: ParsedDirective, *, s3: bool = False) -> Any:
+        """Mover options from the directive's `profile=` (config data_movement_profiles), over the
+        site's `s3` settings. A profile's `s3:` mapping overrides those; for an s3:// copy, a `profile=`
+        that names no data movement profile names one of the user's own S3 profiles (~/.aws/config)."""
+        from copyoffload.mover import CopyOptions, S3Options
 
         profile = d.arg("profile")
-        if not profile:
-            return CopyOptions()
-        settings = self.config.data_movement_profiles.get(profile)
-        if settings is None:
-            known = ", ".join(sorted(self.config.data_movement_profiles)) or "none configured"
-            raise DriverError(f"{d.text}: unknown data movement profile '{profile}' (known: {known})")
+        settings = dict(self.config.data_movement_profiles.get(profile) or {}) if profile else {}
+        s3_settings: Any = dict(self.config.s3)
+        if profile and profile not in self.config.data_movement_profiles:
+            if not s3:
+                known = ", ".join(sorted(self.config.data_movement_profiles)) or "none configured"
+                raise DriverError(f"{d.text}: unknown data movement profile '{profile}' (known: {known})")
+            s3_settings["profile"] = profile
         try:
-            return CopyOptions(**settings)
-        except TypeError as exc:
+            overrides = settings.pop("s3", None) or {}
+            s3_settings.update(config_s3_settings(overrides))
+            return CopyOptions(**settings, s3=S3Options.from_mapping(s3_settings))
+        except (TypeError, ValueError) as exc:
             raise DriverError(f"{d.text}: data movement profile '{profile}' is invalid: {exc}") from exc
 
     @staticmethod
     def resolve_path(path: str, env: dict[str, str], d: ParsedDirective) -> str:
         """Expand a leading $DW_JOB_x / $DW_PERSISTENT_x (users write them unexpanded)."""
+        if is_s3_url(path):
+            return path
         if path.startswith("$"):
             var, sep, rest = path[1:].partition("/")
             var = var.strip("{}")
