@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from copyoffload.pipes import OVERLONG, bounded_lines
 from copyoffload.privileges import credentials_for
 
 # States and statuses of the v1.0 API (DataMovementStatusResponse).
@@ -321,9 +322,15 @@ def command_copier(
     watcher.start()
     last = ""
     tail: list[str] = []
+    overlong = False
     assert proc.stdout is not None
     with proc.stdout:
-        for raw in proc.stdout:
+        for raw in bounded_lines(proc.stdout):
+            if raw is OVERLONG:  # the user's process is not the command any more: stop it
+                overlong = True
+                _kill_group(proc.pid, signal.SIGKILL)
+                continue
+            assert isinstance(raw, bytes)
             line = raw.decode("utf-8", "replace").rstrip()
             if not line:
                 continue
@@ -336,6 +343,8 @@ def command_copier(
     watcher.join()
     if cancel.is_set():
         raise CopyAborted()
+    if overlong:
+        raise CopyFailed(f"{argv[0]} (pid {proc.pid}) wrote an output line longer than the limit: stopped")
     if rc != 0:
         raise CopyFailed(f"{argv[0]} exited with status {rc}: {' | '.join(tail[-5:])}")
     return last or "Copy complete"
