@@ -118,7 +118,18 @@ def test_bad_profiles_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0, "0s"), (0.0123, "12.3ms"), (1.5, "1.5s"), (90.5, "1m30.5s"), (3725, "1h2m5s")]
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.0004, "0s"),
+        (0.0123, "12ms"),
+        (0.074, "74ms"),
+        (1.5, "1.5s"),
+        (90.5, "1m30.5s"),
+        (300, "5m0s"),
+        (3725, "1h2m5s"),
+        (3600.0126, "1h0m0.012s"),
+    ],
 )
 def test_go_duration(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
@@ -191,7 +202,7 @@ def test_verifier_cache_still_checks_expiry() -> None:
 
     key = tokens.new_workflow_key()
     verifier = tokens.TokenVerifier(key)
-    short = jwt.encode({"sub": "user-container", "exp": time.time() + 0.5}, tokens.secret_from_pem(key))
+    short = jwt.encode({"sub": "user-container", "exp": time.time() + 5}, tokens.secret_from_pem(key))
     verifier.verify(short)
     verifier._cache[short]["exp"] = time.time() - 1  # as if the time had passed
     with pytest.raises(tokens.TokenError, match="expired"):

@@ -25,8 +25,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from copyoffload.jobs import Copier, JobTable, ProfileError, Profiles, mock_copier, mover_copier
+from copyoffload.jobs import (
+    Copier,
+    JobTable,
+    ProfileError,
+    Profiles,
+    mock_copier,
+    mock_forever_copier,
+    mover_copier,
+)
 from copyoffload.server.auth import Authenticator
+from copyoffload.server.peers import GONE, REMOTE, peer_uid
 from copyoffload.server.routes import CopyOffloadApi
 from copyoffload.server.transport import HttpServer, Limits, bind, make_server_context
 from copyoffload.tokens import KeyFileError, TokenVerifier, read_key_file
@@ -34,6 +43,7 @@ from copyoffload.tokens import KeyFileError, TokenVerifier, read_key_file
 log = logging.getLogger("copyoffload.server")
 
 SHUTDOWN_DELAY = 1.0
+MOCK_RABBIT = "mock-rabbit-01"
 
 
 class ServerConfigError(Exception):
@@ -59,6 +69,11 @@ class ServerConfig:
     max_running: int = 4
     max_body_bytes: int = 1024 * 1024
     max_connections: int = 1024
+    max_unadmitted: int = 64
+    # Local peers must run as the workflow's user (or root); off for a server that local users share.
+    check_peer_uid: bool = True
+    # --mock-forever: today's mock (copies run until cancelled, status waits as for real copies).
+    mock_forever: bool = False
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -79,7 +94,8 @@ class CopyOffloadServer:
         self.config = config
         uid = config.uid if config.uid is not None else os.geteuid()
         gid = config.gid if config.gid is not None else os.getegid()
-        if os.geteuid() == 0 and (config.uid is None or config.gid is None) and not config.mock:
+        mocked = config.mock or config.mock_forever
+        if os.geteuid() == 0 and (config.uid is None or config.gid is None) and not mocked:
             raise ServerConfigError(
                 "running as root: give --uid and --gid of the workflow's user (copies run as them)"
             )
@@ -104,26 +120,59 @@ class CopyOffloadServer:
             except (OSError, ValueError) as exc:
                 raise ServerConfigError(f"unable to load certificate and key: {exc}") from None
         node = config.node or socket.gethostname().split(".")[0]
+        if config.mock:
+            node = MOCK_RABBIT  # upstream's mock names requests for this rabbit, whatever NNF_NODE_NAME says
+            profiles = Profiles.accept_any(profiles)
+        default_copier = mock_forever_copier if config.mock_forever else mover_copier
         self.table = JobTable(
             node=node,
-            copier=copier or (mock_copier if config.mock else mover_copier),
+            copier=copier or (mock_copier if config.mock else default_copier),
             uid=uid,
             gid=gid,
             max_running=config.max_running,
+            status_waits=not config.mock,
         )
         self.api = CopyOffloadApi(
             self.table, profiles, Authenticator(verifier), request_shutdown=self.request_stop
         )
+        self._allowed_uids = frozenset({uid, 0})
         host, port = split_addr(config.addr)
         try:
             listener = bind(host, port)
         except OSError as exc:
             raise ServerConfigError(f"unable to listen on {config.addr}: {exc.strerror or exc}") from None
-        limits = Limits(max_body_bytes=config.max_body_bytes, max_connections=config.max_connections)
-        self.http = HttpServer(self.api.handle, listener, ssl_context, limits)
+        limits = Limits(
+            max_body_bytes=config.max_body_bytes,
+            max_connections=config.max_connections,
+            max_unadmitted=config.max_unadmitted,
+        )
+        self.http = HttpServer(
+            self.api.handle,
+            listener,
+            ssl_context,
+            limits,
+            admit=self.api.admit,
+            peer_allowed=self._peer_allowed if config.check_peer_uid else None,
+        )
         self.tls = ssl_context is not None
+        self._warned_no_diag = False
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+
+    def _peer_allowed(self, sock: socket.socket) -> bool:
+        """A peer on this host must be the workflow's user or root; remote peers need their token."""
+        try:
+            owner = peer_uid(sock)
+        except OSError as exc:
+            if not self._warned_no_diag:
+                self._warned_no_diag = True
+                log.warning("peer uid check unavailable (%s): relying on tokens and connection caps", exc)
+            return True
+        if owner == REMOTE or owner in self._allowed_uids:
+            return True
+        if owner != GONE:
+            log.info("workflow %s: refused a connection from uid %d", self.config.workflow or "-", owner)
+        return False
 
     @property
     def port(self) -> int:
@@ -197,7 +246,22 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-token", "-skip-token", action="store_true", help="no bearer token (development only)"
     )
     parser.add_argument(
-        "--mock", "-mock", action="store_true", help="touch no data: copies run until cancelled"
+        "--mock",
+        "-mock",
+        action="store_true",
+        help="as upstream's -mock: touch no data, name requests mock-rabbit-01--nnf-copy-offload-node-N, "
+        "accept any dmProfile, answer status at once (copies run until cancelled, 300 s at most)",
+    )
+    parser.add_argument(
+        "--mock-forever",
+        action="store_true",
+        help="touch no data; copies run until cancelled and status waits for them as for real copies",
+    )
+    parser.add_argument(
+        "--any-local-user",
+        action="store_true",
+        help="accept connections from every local user (default: only the workflow's user and root; "
+        "remote peers are always accepted and need the token)",
     )
     parser.add_argument(
         "--profiles", metavar="FILE", help="dmProfile definitions (default: the shipped profiles.yaml)"
@@ -220,6 +284,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         skip_tls=args.skip_tls,
         skip_token=args.skip_token,
         mock=args.mock,
+        mock_forever=args.mock_forever,
+        check_peer_uid=not args.any_local_user,
         profiles=args.profiles,
         uid=args.uid,
         gid=args.gid,
@@ -253,7 +319,7 @@ def run(config: ServerConfig) -> int:
                 config.node or socket.gethostname(),
                 not config.skip_tls,
                 not config.skip_token,
-                config.mock,
+                "upstream" if config.mock else "forever" if config.mock_forever else False,
             ),
             flush=True,
         )
