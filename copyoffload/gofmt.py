@@ -76,8 +76,8 @@ def go_duration(seconds: float) -> str:
 
 
 def go_time(moment: dt.datetime) -> str:
-    """time.Time.String() of a local time: ``2006-01-02 15:04:05.999999 -0700 MST`` (trailing zeros cut)."""
-    local = moment.astimezone()
+    """time.Time.String(): ``2006-01-02 15:04:05.999999 -0700 MST`` (trailing zeros cut; naive = local)."""
+    local = moment if moment.tzinfo is not None else moment.astimezone()
     frac = f".{local.microsecond:06d}".rstrip("0") if local.microsecond else ""
     offset = local.strftime("%z")
     zone = local.tzname() or offset
@@ -85,4 +85,4 @@ def go_time(moment: dt.datetime) -> str:
 
 
 def go_now() -> str:
-    return go_time(dt.datetime.now())
+    return go_time(dt.datetime.now().astimezone())

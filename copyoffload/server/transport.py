@@ -364,10 +364,16 @@ class HttpServer:
         else:
             split = urlsplit(target)
             path, query = split.path or "/", split.query
+        length = 0
+        if content_lengths:
+            raw_length = next(iter(content_lengths))
+            if not raw_length.isdigit() or len(raw_length) > 18:
+                raise HttpError(400, "bad Content-Length")
+            length = int(raw_length)
         if self._admit is not None:
             refusal = self._admit(Request(method, path, query, headers))
             if refusal is not None:
-                if content_lengths or chunked:
+                if length or chunked:
                     self._refuse_before_body(conn, sock, refusal)
                     return None, False
             else:
@@ -375,10 +381,6 @@ class HttpServer:
                     conn.admitted = True
         body = b""
         if content_lengths:
-            raw_length = next(iter(content_lengths))
-            if not raw_length.isdigit() or len(raw_length) > 18:
-                raise HttpError(400, "bad Content-Length")
-            length = int(raw_length)
             if length > limits.max_body_bytes:
                 raise HttpError(413, f"request body too large (limit {limits.max_body_bytes} bytes)")
             if expect and length > len(buf):
