@@ -70,6 +70,7 @@ class ServerConfig:
     max_body_bytes: int = 1024 * 1024
     max_connections: int = 1024
     max_unadmitted: int = 64
+    first_request_timeout: float = 10.0
     # Local peers must run as the workflow's user (or root); off for a server that local users share.
     check_peer_uid: bool = True
     # --mock-forever: today's mock (copies run until cancelled, status waits as for real copies).
@@ -145,6 +146,7 @@ class CopyOffloadServer:
             max_body_bytes=config.max_body_bytes,
             max_connections=config.max_connections,
             max_unadmitted=config.max_unadmitted,
+            first_request_timeout=config.first_request_timeout,
         )
         self.http = HttpServer(
             self.api.handle,

@@ -137,6 +137,11 @@ class HttpServer:
         host, port = self._listener.getsockname()[:2]
         return host, port
 
+    def connection_count(self) -> int:
+        """Open connections not yet evicted (for monitoring and tests)."""
+        with self._lock:
+            return sum(not c.evicted for c in self._connections.values())
+
     def start(self) -> None:
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
         self._accept_thread.start()
