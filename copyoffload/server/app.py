@@ -63,6 +63,8 @@ class ServerConfig:
     uid: int | None = None
     gid: int | None = None
     ready_file: str | None = None
+    # Listen at once, serve only after SIGUSR1 (the local backend holds the port from Setup to PreRun).
+    hold: bool = False
     workflow: str | None = None
     namespace: str | None = None
     node: str | None = None
@@ -217,10 +219,10 @@ class CopyOffloadServer:
         return self._stopped.wait(timeout)
 
 
-def write_ready_file(path: str, server: CopyOffloadServer) -> None:
+def write_ready_file(path: str, server: CopyOffloadServer, *, held: bool = False) -> None:
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    info = {"pid": os.getpid(), "host": server.host, "port": server.port, "url": server.url}
+    info = {"pid": os.getpid(), "host": server.host, "port": server.port, "url": server.url, "held": held}
     tmp.write_text(json.dumps(info) + "\n")
     os.replace(tmp, p)
 
@@ -273,6 +275,11 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ready-file", metavar="PATH", help="write {pid,host,port,url} JSON here once listening"
     )
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="listen at once but serve only after SIGUSR1 (the ready file says held: true until then)",
+    )
     parser.add_argument("--max-running", type=int, default=4, help="copies run at once; more wait as pending")
     parser.add_argument("--verbose", "-v", action="store_true", help="log more")
 
@@ -292,6 +299,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         uid=args.uid,
         gid=args.gid,
         ready_file=args.ready_file,
+        hold=args.hold,
         workflow=os.environ.get("DW_WORKFLOW_NAME") or None,
         namespace=os.environ.get("DW_WORKFLOW_NAMESPACE") or None,
         node=os.environ.get("NNF_NODE_NAME") or None,
@@ -307,12 +315,25 @@ def run(config: ServerConfig) -> int:
         print(f"copyoffload server: {exc}", file=sys.stderr)
         return 2
     signalled = threading.Event()
+    released = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         signalled.set()
 
+    def on_release(signum: int, frame: object) -> None:
+        released.set()
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_release)
     try:
+        if config.hold:
+            if config.ready_file:
+                write_ready_file(config.ready_file, server, held=True)
+            print(f"copyoffload server holding {server.url} until SIGUSR1", flush=True)
+            while not released.wait(0.2):
+                if signalled.is_set():
+                    server.stop()
+                    return 0
         server.start()
         print(
             "copyoffload server ready on {} (workflow {}, node {}, tls {}, token {}, mock {})".format(
