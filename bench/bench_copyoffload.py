@@ -178,45 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         tokens.write_key_file(token_key)
         token = tokens.mint_token(token_key.read_bytes(), "bench")
 
-        ready = work / "ready.json"
-        env = {
-            **os.environ,
-            "DW_WORKFLOW_NAME": "bench",
-            "NNF_NODE_NAME": "rabbit-0",
-            "PYTHONPATH": str(ROOT),
-        }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "copyoffload.cli",
-                "server",
-                "--addr",
-                "127.0.0.1:0",
-                "--cert",
-                str(cert),
-                "--cakey",
-                str(key),
-                "--tokenkey",
-                str(token_key),
-                "--mock",
-                "--uid",
-                str(os.getuid()),
-                "--gid",
-                str(os.getgid()),
-                "--ready-file",
-                str(ready),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+        server, port = start_server(work, cert, key, token_key, "ready.json")
         procs.append(server)
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("copy-offload server did not start")
-            time.sleep(0.05)
-        port = int(json.loads(ready.read_text())["port"])
         with CopyOffloadClient("127.0.0.1", port, token=token, cert=str(cert)) as co:
             job = co.copy("/bench/src", "/bench/dest")  # a mock copy: running until the server stops
             status_body = json.dumps(co.status(job).raw, separators=(",", ":")) + "\n"
@@ -246,6 +209,19 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_wrk(ours, c, args.duration, script, "copyoffload /status"))
             results.append(run_wrk(ref, c, args.duration, script, "nginx static file"))
             print(results[-2], results[-1], sep="\n", flush=True)
+        with hostile_connections(port, HOSTILE):
+            results.append(run_wrk(ours, 16, args.duration, script, HOSTILE_PEER_CHECK))
+        print(results[-1], flush=True)
+        capped, capped_port = start_server(
+            work, cert, key, token_key, "ready-capped.json", "--any-local-user"
+        )
+        procs.append(capped)
+        with CopyOffloadClient("127.0.0.1", capped_port, token=token, cert=str(cert)) as co:
+            capped_job = co.copy("/bench/src", "/bench/dest")
+        capped_url = f"https://127.0.0.1:{capped_port}/status/{capped_job}?maxWaitSecs=0"
+        with hostile_connections(capped_port, HOSTILE):
+            results.append(run_wrk(capped_url, 16, args.duration, script, HOSTILE_CAP_ONLY))
+        print(results[-1], flush=True)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -263,6 +239,75 @@ def main(argv: list[str] | None = None) -> int:
         write_section(ROOT / "BENCHMARKS.md", section)
     at16 = next(r for r in results if r.connections == 16 and r.target.startswith("copyoffload"))
     return 0 if at16.rps >= GOAL_RPS and at16.p99_ms < GOAL_P99_MS and at16.errors == 0 else 1
+
+
+def start_server(
+    work: Path, cert: Path, key: Path, token_key: Path, ready_name: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A mock server (copies run until it stops) as root for the bench's own uid; its port."""
+    ready = work / ready_name
+    env = {**os.environ, "DW_WORKFLOW_NAME": "bench", "NNF_NODE_NAME": "rabbit-0", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "copyoffload.cli", "server", "--addr", "127.0.0.1:0", "--cert", str(cert)]
+    argv += ["--cakey", str(key), "--tokenkey", str(token_key), "--mock-forever"]
+    argv += ["--uid", str(os.getuid()), "--gid", str(os.getgid()), "--ready-file", str(ready), *extra]
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError("copy-offload server did not start")
+        time.sleep(0.05)
+    return server, int(json.loads(ready.read_text())["port"])
+
+
+HOSTILE = 1000
+HOSTILE_PEER_CHECK = f"copyoffload /status, {HOSTILE:,} hostile idle connections (peer uid check)"
+HOSTILE_CAP_ONLY = f"copyoffload /status, {HOSTILE:,} hostile idle connections (stranger cap only)"
+
+# Another user's process holding HOSTILE idle connections, re-opening each one the server closes (1/s).
+HOLDER = """
+import resource, select, socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+def connect():
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError:
+        return None
+held = [connect() for _ in range(count)]
+print("holding", flush=True)
+while True:
+    time.sleep(1)
+    live = [s for s in held if s is not None]
+    readable = select.select(live, [], [], 0)[0] if live else []
+    for i, s in enumerate(held):
+        if s is None or s in readable:
+            if s is not None:
+                s.close()
+            held[i] = connect()
+"""
+
+
+class hostile_connections:
+    """Run HOLDER as another user (nobody, when we are root) for the duration of the block."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.argv = [sys.executable, "-c", HOLDER, str(port), str(count)]
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> None:
+        kwargs: dict[str, object] = (
+            {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+        )
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True, cwd="/", **kwargs)  # type: ignore[call-overload]
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "holding":
+            raise RuntimeError("the hostile holder did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
 
 
 def render(results: list[Result], duration: int) -> str:
@@ -293,6 +338,11 @@ def render(results: list[Result], duration: int) -> str:
             "",
             f"Goal (>= {GOAL_RPS:,.0f} requests/s at 16 connections with p99 < {GOAL_P99_MS:.0f} ms): "
             f"**{verdict}** ({at16.rps:,.0f} requests/s, p99 {at16.p99_ms:.2f} ms).",
+            "",
+            f"The last two rows: another local user (nobody) holds {HOSTILE:,} idle connections to the",
+            "server while wrk measures, re-opening each one the server closes once a second. With the peer",
+            "uid check (the default) the server closes them at accept; with `--any-local-user` only the cap",
+            "on connections without an admitted request (64, oldest evicted) and their 10 s deadline act.",
             "",
         ]
     )

@@ -84,6 +84,8 @@ def go_path_escape(text: str) -> str:
 
 def _query_unescape(text: str) -> str | None:
     """url.QueryUnescape as latin-1 text; None where Go reports an invalid escape."""
+    if "%" not in text and "+" not in text:
+        return text
     index = text.find("%")
     while index >= 0:
         if len(text) < index + 3 or not set(text[index + 1 : index + 3]) <= _HEX:

@@ -62,39 +62,42 @@ class CopyOffloadApi:
     def resolve(self, request: Request) -> Response | tuple[str, Handler, str]:
         """Route as Go's ServeMux does: clean-path and trailing-slash 307s, subtree names by last element."""
         raw_path = request.path or "/"
-        cleaned = go_clean_path(raw_path)
+        route = self._exact.get(raw_path)
+        if route is not None:
+            return route[0], route[1], ""
+        # A path with no empty or dot segment is already clean (the common case: skip the work).
+        cleaned = go_clean_path(raw_path) if "//" in raw_path or "/." in raw_path else raw_path
         if cleaned in _SUBTREES:
             decoded = unquote_to_bytes(raw_path).decode("latin-1")
             return go_redirect(request, go_clean_path(decoded) + "/")
         if cleaned != raw_path:
             return go_redirect(request, cleaned)
-        route = self._exact.get(cleaned)
-        if route is not None:
-            return route[0], route[1], ""
         for prefix, (method, handler) in self._prefixed.items():
             if cleaned.startswith(prefix):
-                name = go_base(unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape"))
-                return method, handler, name
+                decoded = (
+                    unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+                    if "%" in raw_path
+                    else raw_path
+                )
+                return method, handler, go_base(decoded)
         return text(404, NOT_FOUND)
 
     def admit(self, request: Request) -> Response | None:
         """Judge a request on its header alone (the transport calls this before reading a body)."""
         resolved = self.resolve(request)
-        if isinstance(resolved, Response):
-            return resolved
-        method, _, _ = resolved
+        return resolved if isinstance(resolved, Response) else self._check(request, resolved[0])
+
+    def _check(self, request: Request, method: str) -> Response | None:
         if request.method != method:
             return text(501, "method not supported")
         return self.auth.check(request) or check_version(request)
 
     def handle(self, request: Request) -> Response:
-        refusal = self.admit(request)
-        if refusal is not None:
-            return refusal
         resolved = self.resolve(request)
-        assert not isinstance(resolved, Response)
-        _, handler, name = resolved
-        return handler(request, name)
+        if isinstance(resolved, Response):
+            return resolved
+        method, handler, name = resolved
+        return self._check(request, method) or handler(request, name)
 
     def hello(self, request: Request, _: str) -> Response:
         return ok_text("hello back at ya")

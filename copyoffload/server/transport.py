@@ -222,15 +222,15 @@ class HttpServer:
                         self._evict(conn)
 
     def _set_deadline(self, conn: _Connection, seconds: float | None, *, idle: bool | None = None) -> None:
-        with self._lock:
-            if conn.evicted:
-                return
-            if not conn.admitted:  # a stranger's deadline never moves: bad requests buy no time
-                conn.deadline = conn.accepted + self._limits.first_request_timeout
-            else:
-                conn.deadline = None if seconds is None else time.monotonic() + seconds
-            if idle is not None:
-                conn.idle = idle
+        """Lock-free (single attribute stores): at worst the watchdog closes a connection twice."""
+        if conn.evicted:
+            return
+        if not conn.admitted:  # a stranger's deadline never moves: bad requests buy no time
+            conn.deadline = conn.accepted + self._limits.first_request_timeout
+        else:
+            conn.deadline = None if seconds is None else time.monotonic() + seconds
+        if idle is not None:
+            conn.idle = idle
 
     def _serve_connection(self, conn: _Connection) -> None:
         raw = conn.raw
@@ -375,15 +375,14 @@ class HttpServer:
             if not raw_length.isdigit() or len(raw_length) > 18:
                 raise HttpError(400, "bad Content-Length")
             length = int(raw_length)
-        if self._admit is not None:
+        if self._admit is not None and (length or chunked or not conn.admitted):
             refusal = self._admit(Request(method, path, query, headers))
             if refusal is not None:
                 if length or chunked:
                     self._refuse_before_body(conn, sock, refusal)
                     return None, False
             else:
-                with self._lock:
-                    conn.admitted = True
+                conn.admitted = True
         body = b""
         if content_lengths:
             if length > limits.max_body_bytes:
