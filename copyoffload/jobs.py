@@ -625,8 +625,10 @@ class JobTable:
         with self._lock:
             return self._active > 0
 
-    def cancel(self, name: str) -> bool:
-        """Ask a job to stop; False when the name is unknown. Cancelling a finished job does nothing."""
+    def cancel(self, name: str, *, settle: float = CANCEL_SETTLE_SECONDS) -> bool:
+        """Ask a job to stop; False when the name is unknown. Cancelling a finished job does nothing.
+
+        Waits up to ``settle`` seconds for the job to stop, so a ``/list`` right after sees it gone."""
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
@@ -637,7 +639,8 @@ class JobTable:
                 job.state = CANCELLING
             job.cancel.set()
             self._slots.notify_all()
-            job.done.wait_for(lambda: job.finished, CANCEL_SETTLE_SECONDS)
+            if settle > 0:
+                job.done.wait_for(lambda: job.finished, settle)
             return True
 
     def close(self, *, cancel: bool = True, timeout: float = 30.0) -> None:
@@ -648,7 +651,7 @@ class JobTable:
             threads = list(self._threads)
         if cancel:
             for job in jobs:
-                self.cancel(job.name)
+                self.cancel(job.name, settle=0)
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

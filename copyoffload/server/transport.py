@@ -293,7 +293,7 @@ class HttpServer:
             if not keep_alive:
                 return
 
-    def _refuse_before_body(self, conn: _Connection, sock: socket.socket, response: Response) -> None:
+    def _refuse_before_body(self, sock: socket.socket, response: Response) -> None:
         """Answer a refused request without reading its body, then close (the body is never buffered)."""
         sock.sendall(render(response, self._date.get(), False))
         _linger(sock)
@@ -379,7 +379,7 @@ class HttpServer:
             refusal = self._admit(Request(method, path, query, headers))
             if refusal is not None:
                 if length or chunked:
-                    self._refuse_before_body(conn, sock, refusal)
+                    self._refuse_before_body(sock, refusal)
                     return None, False
             else:
                 conn.admitted = True

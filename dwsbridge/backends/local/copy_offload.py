@@ -64,7 +64,7 @@ def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
     ready = _ready_file(driver, name)
     for record in driver.store.processes(name, "server"):
         if is_alive(record.pid, record.start):
-            if _read_ready(ready).get("held"):
+            if _read_ready(ready).get("held", True):  # SIGUSR1 to a serving server does nothing
                 os.kill(record.pid, signal.SIGUSR1)
                 _wait_ready(ready, name, functools.partial(_gone, record.pid, record.start), held=False)
             return record.pid
