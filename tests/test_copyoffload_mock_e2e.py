@@ -70,12 +70,6 @@ class Mock:
             conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, str]:
     out = tmp_path_factory.mktemp("mock-certs")
@@ -88,8 +82,10 @@ def secrets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
 @contextmanager
 def mock_server(secrets: tuple[Path, Path, Path, str], *, tls: bool, token: bool) -> Iterator[Mock]:
     cert, key, token_key, jwt = secrets
-    port = free_port()
-    argv = [sys.executable, "-m", "copyoffload.cli", "server", "-addr", f"localhost:{port}", "-mock"]
+    ready = cert.parent / f"ready-{tls}-{token}.json"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "copyoffload.cli", "server", "-addr", "localhost:0", "-mock"]
+    argv += ["--ready-file", str(ready)]  # port 0 and a ready file: no race for a fixed port
     argv += ["-tokenkey", str(token_key)] if token else ["-skip-token"]
     argv += ["-cert", str(cert), "-cakey", str(key)] if tls else ["-skip-tls"]
     env = {
@@ -101,7 +97,11 @@ def mock_server(secrets: tuple[Path, Path, Path, str], *, tls: bool, token: bool
         "DW_WORKFLOW_NAMESPACE": "default",
     }
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    mock = Mock(port, tls, jwt if token else None, cert, proc)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the mock server did not start"
+        time.sleep(0.05)
+    mock = Mock(int(json.loads(ready.read_text())["port"]), tls, jwt if token else None, cert, proc)
     try:
         # The script's wait loop: curl /hello until it answers.
         for _ in range(100):
