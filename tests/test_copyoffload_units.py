@@ -241,3 +241,27 @@ def test_status_bodies_match_the_openapi_schema() -> None:
     name = table.submit(CopyRequest("c", "/a", "/b", dryrun=True), Profile("p")).name
     jsonschema.validate(table.status(name, None), schema)
     jsonschema.validate({"state": "pending", "status": "unknown status"}, schema)
+
+
+def test_bounded_lines_split_across_reads_and_drop_only_the_overlong_line() -> None:
+    import io
+
+    from copyoffload.pipes import OVERLONG, bounded_lines
+
+    class Trickle(io.RawIOBase):
+        """Hands out at most 3 bytes per read, as a pipe may."""
+
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def readable(self) -> bool:
+            return True
+
+        def read1(self, size: int = -1) -> bytes:
+            chunk, self.data = self.data[:3], self.data[3:]
+            return chunk
+
+    data = b"ab\ncdefghij\n" + b"x" * 40 + b"\nlast"
+    assert list(bounded_lines(Trickle(data), max_line=12)) == [b"ab\n", b"cdefghij\n", OVERLONG, b"last"]
+    endless = io.BytesIO(b"y" * 1000)
+    assert list(bounded_lines(endless, max_line=100)) == [OVERLONG]
