@@ -6,8 +6,8 @@ A launcher (the local backend's driver) starts it as a separate root-owned proce
     copyoffload server --addr 127.0.0.1:0 --cert C --cakey K --tokenkey T --uid U --gid G \\
         --ready-file /run/dwsbridge/bb12.ready
 
-and waits for the ready file: one JSON line ``{"pid": ..., "host": ..., "port": ..., "url": ..., "held": ...}``,
-written (atomically) once the socket listens. ``--addr HOST:0`` picks a free port; the file says which.
+and waits for the ready file: one JSON line ``{"pid", "host", "port", "url", "held"}``, written
+(atomically) once the socket listens. ``--addr HOST:0`` picks a free port; the file says which.
 With ``--hold`` the socket listens but nothing is served (``"held": true``) until SIGUSR1: the local
 backend starts the server so at Setup, keeping the port from other users until PreRun releases it.
 SIGTERM or SIGINT stops it gracefully: no new connections, running copies cancelled, exit 0.
