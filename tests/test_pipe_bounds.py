@@ -35,7 +35,7 @@ WRITER = (
 )
 
 MOVER_READER = """
-import json, resource, subprocess, sys
+import json, subprocess, sys
 from copyoffload.mover import CopyError
 from copyoffload.mover.child import _ChildCopy
 uid, gid, writer = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -46,11 +46,11 @@ try:
     outcome = "copied"
 except CopyError as exc:
     outcome = str(exc)
-print(json.dumps({"outcome": outcome, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"outcome": outcome, "maxrss_kib": peak_kib()}))
 """
 
 COMMAND_READER = """
-import json, resource, sys, threading
+import json, sys, threading
 from copyoffload.jobs import CopyFailed, CopyRequest, Profile, command_copier
 uid, gid, writer = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 profile = Profile("hostile", command=(sys.executable, "-c", writer))
@@ -60,7 +60,16 @@ try:
     outcome = "copied"
 except CopyFailed as exc:
     outcome = str(exc)
-print(json.dumps({"outcome": outcome, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"outcome": outcome, "maxrss_kib": peak_kib()}))
+"""
+
+
+# VmHWM (this process's own peak; ru_maxrss would include the parent's at fork, kept across exec).
+PEAK = """
+def peak_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 """
 
 
@@ -68,7 +77,7 @@ def run_reader(script: str) -> dict[str, object]:
     uid, gid = ensure_user("dwsbt-pipe1")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(uid), str(gid), WRITER],
+        [sys.executable, "-c", PEAK + script, str(uid), str(gid), WRITER],
         capture_output=True,
         text=True,
         env=env,
