@@ -131,6 +131,7 @@ class HttpServer:
         self._threads: set[threading.Thread] = set()
         self._accept_thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
+        self.refused_peers = 0  # connections closed at accept by peer_allowed (monitoring, tests)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -181,6 +182,7 @@ class HttpServer:
                 continue
             if self._peer_allowed is not None and not self._peer_allowed(sock):
                 sock.close()
+                self.refused_peers += 1
                 continue
             now = time.monotonic()
             conn = _Connection(sock, now, now + self._limits.first_request_timeout, self._admit is None)
