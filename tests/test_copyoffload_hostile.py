@@ -278,3 +278,22 @@ def test_server_memory_stays_bounded_under_600_unauthenticated_1mib_bodies(setup
     finally:
         server_proc.terminate()
         server_proc.wait(30)
+
+
+def test_the_victims_open_keep_alive_connection_survives_a_stranger_flood(setup: Setup) -> None:
+    """Eviction takes strangers only: a connection that sent an admitted request is never evicted."""
+    import http.client
+    import ssl
+
+    with server(setup, check_peer_uid=False) as srv:
+        ctx = ssl.create_default_context(cafile=str(setup.cert))
+        conn = http.client.HTTPSConnection("localhost", srv.port, timeout=30, context=ctx)
+        headers = {"Authorization": f"Bearer {setup.token}", "Accepts-version": "1.0"}
+        try:
+            conn.request("GET", "/hello", headers=headers)
+            assert conn.getresponse().read() == b"hello back at ya\n"
+            with held_connections(setup, srv.port, HOSTILE_CONNECTIONS):
+                conn.request("GET", "/hello", headers=headers)  # the same connection, mid-flood
+                assert conn.getresponse().read() == b"hello back at ya\n"
+        finally:
+            conn.close()
