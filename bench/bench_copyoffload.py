@@ -41,6 +41,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None  # server CPU time per request (robust to a loaded machine)
 
 
 def ensure_tools() -> None:
@@ -97,8 +98,17 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(url: str, connections: int, duration: int, script: Path, target: str) -> Result:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    url: str, connections: int, duration: int, script: Path, target: str, server_pid: int | None = None
+) -> Result:
     threads = min(connections, 2)
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     out = subprocess.run(
         [
             _which("wrk") or "wrk",
@@ -127,7 +137,11 @@ def run_wrk(url: str, connections: int, duration: int, script: Path, target: str
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(g) for g in m.groups())
-    return Result(target, connections, rps, p50, p99, errors)
+    cpu_us = None
+    if server_pid:
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        cpu_us = (cpu_seconds(server_pid) - cpu_before) / max(1, requests) * 1e6
+    return Result(target, connections, rps, p50, p99, errors, cpu_us)
 
 
 NGINX_CONF = """\
@@ -206,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         ref = f"https://127.0.0.1:{nginx_port}/status.json"
         results: list[Result] = []
         for c in CONNECTIONS:
-            results.append(run_wrk(ours, c, args.duration, script, "copyoffload /status"))
+            results.append(run_wrk(ours, c, args.duration, script, "copyoffload /status", server.pid))
             results.append(run_wrk(ref, c, args.duration, script, "nginx static file"))
             print(results[-2], results[-1], sep="\n", flush=True)
         with hostile_connections(port, HOSTILE):
-            results.append(run_wrk(ours, 16, args.duration, script, HOSTILE_PEER_CHECK))
+            results.append(run_wrk(ours, 16, args.duration, script, HOSTILE_PEER_CHECK, server.pid))
         print(results[-1], flush=True)
         capped, capped_port = start_server(
             work, cert, key, token_key, "ready-capped.json", "--any-local-user"
@@ -220,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             capped_job = co.copy("/bench/src", "/bench/dest")
         capped_url = f"https://127.0.0.1:{capped_port}/status/{capped_job}?maxWaitSecs=0"
         with hostile_connections(capped_port, HOSTILE):
-            results.append(run_wrk(capped_url, 16, args.duration, script, HOSTILE_CAP_ONLY))
+            results.append(run_wrk(capped_url, 16, args.duration, script, HOSTILE_CAP_ONLY, capped.pid))
         print(results[-1], flush=True)
     finally:
         for proc in reversed(procs):
@@ -312,7 +326,8 @@ class hostile_connections:
 
 def render(results: list[Result], duration: int) -> str:
     rows = [
-        f"| {r.connections} | {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+        f"| {r.connections} | {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
+        + (f"{r.cpu_us:.0f} |" if r.cpu_us is not None else "- |")
         for r in results
     ]
     at16 = next(r for r in results if r.connections == 16 and r.target.startswith("copyoffload"))
@@ -327,13 +342,15 @@ def render(results: list[Result], duration: int) -> str:
             "at 1 connection, 2 otherwise) against `copyoffload server` (one Python process, a thread per",
             "connection: `copyoffload/server/transport.py`). The limit: nginx (1 worker) serving that JSON",
             "as a static file over TLS 1.3 on the same machine. Server and load generator share the cores.",
+            "The last column (our server's user+system CPU time per request, from /proc) does not depend",
+            "on what else the machine runs; requests/s and latencies do.",
             "",
             f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()},",
             f"{ssl.OPENSSL_VERSION}. Run with `.venv/bin/python -m bench.bench_copyoffload`;",
             f"{time.strftime('%Y-%m-%d')}.",
             "",
-            "| connections | server | requests/s | p50 ms | p99 ms | errors |",
-            "|---:|---|---:|---:|---:|---:|",
+            "| connections | server | requests/s | p50 ms | p99 ms | errors | server CPU µs/request |",
+            "|---:|---|---:|---:|---:|---:|---:|",
             *rows,
             "",
             f"Goal (>= {GOAL_RPS:,.0f} requests/s at 16 connections with p99 < {GOAL_P99_MS:.0f} ms): "
