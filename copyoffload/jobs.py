@@ -10,7 +10,6 @@ per job, never polling; progress lands in the job as the mover reports it.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import itertools
 import os
 import re
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from copyoffload.gofmt import go_duration, go_now
+from copyoffload.pipes import OVERLONG, bounded_lines
 from copyoffload.privileges import credentials_for
 
 # States and statuses of the v1.0 API (DataMovementStatusResponse).
@@ -44,6 +45,9 @@ SUCCESS, FAILED, CANCELLED, INVALID, UNKNOWN_STATUS = (
 )
 
 DEFAULT_PROFILES = Path(__file__).with_name("data") / "profiles.yaml"
+MOCK_SECONDS = 300.0
+# A cancel answers once the copy has stopped, when that takes no longer than this.
+CANCEL_SETTLE_SECONDS = 0.5
 # The built-in mover forks one process per worker: a request's slots never take it past this.
 MOVER_MAX_WORKERS = 64
 
@@ -123,12 +127,19 @@ class Profile:
 class Profiles:
     default: str
     profiles: Mapping[str, Profile]
+    any_name: bool = False  # --mock: an unknown dmProfile means the default one, as upstream's mock
 
     def select(self, name: str) -> Profile:
         profile = self.profiles.get(name or self.default)
+        if profile is None and self.any_name:
+            return self.profiles[self.default]
         if profile is None:
             raise RequestRejected(f"data movement profile {name!r} not found")
         return profile
+
+    @classmethod
+    def accept_any(cls, profiles: Profiles) -> Profiles:
+        return cls(profiles.default, profiles.profiles, any_name=True)
 
     @classmethod
     def builtin(cls) -> Profiles:
@@ -321,9 +332,15 @@ def command_copier(
     watcher.start()
     last = ""
     tail: list[str] = []
+    overlong = False
     assert proc.stdout is not None
     with proc.stdout:
-        for raw in proc.stdout:
+        for raw in bounded_lines(proc.stdout):
+            if raw is OVERLONG:  # the user's process is not the command any more: stop it
+                overlong = True
+                _kill_group(proc.pid, signal.SIGKILL)
+                continue
+            assert isinstance(raw, bytes)
             line = raw.decode("utf-8", "replace").rstrip()
             if not line:
                 continue
@@ -336,6 +353,8 @@ def command_copier(
     watcher.join()
     if cancel.is_set():
         raise CopyAborted()
+    if overlong:
+        raise CopyFailed(f"{argv[0]} (pid {proc.pid}) wrote an output line longer than the limit: stopped")
     if rc != 0:
         raise CopyFailed(f"{argv[0]} exited with status {rc}: {' | '.join(tail[-5:])}")
     return last or "Copy complete"
@@ -357,30 +376,26 @@ def mock_copier(
     cancel: threading.Event,
     on_child: Callable[[int], None],
 ) -> str:
-    """``--mock``: touches no data and runs until cancelled (as upstream's mock driver does)."""
+    """``--mock``: touches no data; runs until cancelled or, as upstream's mock ``sleep 300``, 300 s."""
+    if cancel.wait(MOCK_SECONDS):
+        raise CopyAborted()
+    return "mock copy: nothing copied"
+
+
+def mock_forever_copier(
+    request: CopyRequest,
+    *,
+    profile: Profile,
+    workers: int,
+    uid: int,
+    gid: int,
+    progress: Callable[[Any], None],
+    cancel: threading.Event,
+    on_child: Callable[[int], None],
+) -> str:
+    """``--mock-forever``: touches no data and runs until cancelled."""
     cancel.wait()
     raise CopyAborted()
-
-
-def now_text() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="microseconds")
-
-
-def go_duration(seconds: float) -> str:
-    """Format a duration as Go's time.Duration.String() does (e.g. ``1m30.5s``)."""
-    if seconds <= 0:
-        return "0s"
-    if seconds < 1:
-        ms = seconds * 1000
-        return (f"{ms:.3f}").rstrip("0").rstrip(".") + "ms"
-    whole_minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(int(whole_minutes), 60)
-    sec_text = (f"{secs:.6f}").rstrip("0").rstrip(".") + "s"
-    if hours:
-        return f"{hours}h{minutes}m{sec_text}"
-    if minutes:
-        return f"{minutes}m{sec_text}"
-    return sec_text
 
 
 def human_bytes(n: int) -> str:
@@ -463,6 +478,7 @@ class JobTable:
         max_running: int = 4,
         max_active: int = 256,
         keep_finished: int = 1000,
+        status_waits: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._slots = threading.Condition(self._lock)
@@ -475,6 +491,7 @@ class JobTable:
         self._max_running = max(1, max_running)
         self._max_active = max_active
         self._keep_finished = keep_finished
+        self._status_waits = status_waits
         self._running = 0
         self._active = 0
         self._closed = False
@@ -513,7 +530,7 @@ class JobTable:
                     return
                 self._running += 1
                 job.state = STARTING
-                job.start_time = now_text()
+                job.start_time = go_now()
                 job.started_at = time.monotonic()
             try:
                 message = self._execute(job)
@@ -542,7 +559,7 @@ class JobTable:
             with self._lock:
                 job.progress = max(0, min(100, percent))
                 job.last_message = _progress_line(p)
-                job.last_message_time = now_text()
+                job.last_message_time = go_now()
 
         def on_child(pid: int) -> None:
             with self._lock:
@@ -567,7 +584,7 @@ class JobTable:
                 job.progress = 100
             if last:
                 job.last_message = last
-                job.last_message_time = now_text()
+                job.last_message_time = go_now()
             self._finish(job, status, message)
             self._slots.notify_all()
 
@@ -576,7 +593,7 @@ class JobTable:
         job.state = COMPLETED
         job.status = status
         job.message = message
-        job.end_time = now_text()
+        job.end_time = go_now()
         job.ended_at = time.monotonic()
         self._active -= 1
         job.done.notify_all()
@@ -591,7 +608,7 @@ class JobTable:
             job = self._jobs.get(name)
             if job is None:
                 return None
-            if max_wait != 0:
+            if max_wait != 0 and self._status_waits:
                 deadline = None if max_wait is None else time.monotonic() + max_wait
                 while not job.finished and not self._closed:
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -608,8 +625,10 @@ class JobTable:
         with self._lock:
             return self._active > 0
 
-    def cancel(self, name: str) -> bool:
-        """Ask a job to stop; False when the name is unknown. Cancelling a finished job does nothing."""
+    def cancel(self, name: str, *, settle: float = CANCEL_SETTLE_SECONDS) -> bool:
+        """Ask a job to stop; False when the name is unknown. Cancelling a finished job does nothing.
+
+        Waits up to ``settle`` seconds for the job to stop, so a ``/list`` right after sees it gone."""
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
@@ -620,6 +639,8 @@ class JobTable:
                 job.state = CANCELLING
             job.cancel.set()
             self._slots.notify_all()
+            if settle > 0:
+                job.done.wait_for(lambda: job.finished, settle)
             return True
 
     def close(self, *, cancel: bool = True, timeout: float = 30.0) -> None:
@@ -630,7 +651,7 @@ class JobTable:
             threads = list(self._threads)
         if cancel:
             for job in jobs:
-                self.cancel(job.name)
+                self.cancel(job.name, settle=0)
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

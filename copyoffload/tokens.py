@@ -17,12 +17,15 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import os
 import time
 from collections import OrderedDict
 from pathlib import Path
 from threading import Lock
 from typing import Any
+
+from copyoffload.gojson import GoJsonError, GoNumber, unmarshal
 
 SUBJECT = "user-container"
 ALGORITHM = "HS256"
@@ -133,9 +136,14 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    if not text or not set(text) <= _B64URL:
-        raise ValueError("illegal base64 data")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """base64.RawURLEncoding.DecodeString: CR/LF skipped, errors name the byte as Go does."""
+    for index, char in enumerate(text):
+        if char not in _B64URL and char not in "\r\n":
+            raise ValueError(f"illegal base64 data at input byte {index}")
+    data = text.replace("\r", "").replace("\n", "")
+    if len(data) % 4 == 1:
+        raise ValueError(f"illegal base64 data at input byte {len(text) - 1}")
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
 
 
 def _sign(secret: bytes, signing_input: bytes) -> bytes:
@@ -145,14 +153,44 @@ def _sign(secret: bytes, signing_input: bytes) -> bytes:
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-def _decode_part(text: str, what: str) -> dict[str, Any]:
+# golang-jwt v5 registers these; any other alg is "unavailable" before the key is even looked up.
+_REGISTERED_METHODS = frozenset(
+    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
+    | {"PS256", "PS384", "PS512", "EdDSA", "none"}
+)
+
+
+def _decode_part(text: str, what: str, go_type: str) -> dict[str, Any]:
+    """One segment as golang-jwt's ParseUnverified decodes it (a JSON null is an empty map in Go)."""
     try:
-        value = json.loads(_b64decode(text))
-    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON in a hostile token
-        raise TokenError(f"token is malformed: could not base64 or JSON decode {what}") from None
+        raw = _b64decode(text)
+    except ValueError as exc:
+        raise TokenError(f"token is malformed: could not base64 decode {what}: {exc}") from None
+    try:
+        value = unmarshal(raw)
+    except GoJsonError as exc:
+        raise TokenError(f"token is malformed: could not JSON decode {what}: {exc}") from None
+    if value is None:
+        return {}
     if not isinstance(value, dict):
-        raise TokenError(f"token is malformed: {what} is not a JSON object")
+        kind = "number" if isinstance(value, GoNumber) else _kind(value)
+        raise TokenError(
+            f"token is malformed: could not JSON decode {what}: json: cannot unmarshal {kind} "
+            f"into Go value of type {go_type}"
+        )
     return value
+
+
+def _number(literal: GoNumber) -> int | float:
+    return int(literal) if literal.lstrip("-").isdigit() else float(literal)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    return "array"
 
 
 class TokenVerifier:
@@ -174,7 +212,7 @@ class TokenVerifier:
             if hit is not None:
                 self._cache.move_to_end(token)
         if hit is not None:
-            _check_times(hit.get("exp"), hit.get("nbf"))
+            _check_times(hit)
             return hit
         claims = self._verify_fully(token)
         with self._lock:
@@ -184,30 +222,33 @@ class TokenVerifier:
         return claims
 
     def _verify_fully(self, token: str) -> dict[str, Any]:
-        """Check as golang-jwt v5 does: segments, header, claims, algorithm, signature, exp/nbf; then wf."""
+        """Check as golang-jwt v5 does: segments, header, claims, alg, signature, key, exp/nbf; then wf."""
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError("token is malformed: token contains an invalid number of segments")
-        header = _decode_part(parts[0], "header")
-        claims = _decode_part(parts[1], "claims")
-        if header.get("alg") != ALGORITHM:
-            raise TokenError(UNEXPECTED_METHOD)
+        header = _decode_part(parts[0], "header", "map[string]interface {}")
+        claims = _decode_part(parts[1], "claim", "jwt.MapClaims")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or isinstance(alg, GoNumber):
+            raise TokenError("token is unverifiable: signing method (alg) is unspecified")
+        if alg not in _REGISTERED_METHODS:
+            raise TokenError("token is unverifiable: signing method (alg) is unavailable")
         try:
             signature = _b64decode(parts[2])
-        except ValueError:
-            raise TokenError("token signature is invalid: signature is invalid") from None
-        expected = _sign(self._secret, f"{parts[0]}.{parts[1]}".encode("ascii", "replace"))
+        except ValueError as exc:
+            raise TokenError(f"token is malformed: could not base64 decode signature: {exc}") from None
+        if alg != ALGORITHM:
+            raise TokenError(UNEXPECTED_METHOD)
+        expected = _sign(self._secret, f"{parts[0]}.{parts[1]}".encode("ascii"))
         if not hmac.compare_digest(signature, expected):
             raise TokenError("token signature is invalid: signature is invalid")
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        for name, value in (("exp", exp), ("nbf", nbf)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise TokenError(f"token is malformed: invalid type for claim {name}")
-        _check_times(exp, nbf)
+        _check_times(claims)
         wf = claims.get("wf")
         if wf is not None and self._workflow is not None and wf != self._workflow:
             raise TokenError("token has invalid claims: token is for another workflow")
-        return claims
+        return {
+            key: _number(value) if isinstance(value, GoNumber) else value for key, value in claims.items()
+        }
 
 
 def verify_token(token: str, key_pem: bytes | str, workflow: str | None = None) -> dict[str, Any]:
@@ -215,9 +256,30 @@ def verify_token(token: str, key_pem: bytes | str, workflow: str | None = None) 
     return TokenVerifier(key_pem, workflow, cache_size=0)._verify_fully(token)
 
 
-def _check_times(exp: float | None, nbf: float | None) -> None:
+def _numeric_date(claims: dict[str, Any], name: str) -> tuple[float | None, str | None]:
+    """MapClaims.parseNumericDate: absent or 0 is no date; a non-number is ``<name> is invalid``."""
+    if name not in claims:
+        return None, None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, GoNumber | int | float):
+        return None, f"invalid type for claim: {name} is invalid"
+    seconds = float(value)
+    return (None, None) if seconds == 0 else (float(math.floor(seconds)), None)
+
+
+def _check_times(claims: dict[str, Any]) -> None:
+    """Validator.Validate: every problem found, joined with ", " as Go's joinedError prints them."""
     now = time.time()
-    if exp is not None and now >= exp:
-        raise TokenError("token has invalid claims: token is expired")
-    if nbf is not None and now < nbf:
-        raise TokenError("token has invalid claims: token is not valid yet")
+    problems: list[str] = []
+    exp, bad = _numeric_date(claims, "exp")
+    if bad:
+        problems.append(bad)
+    elif exp is not None and not now < exp:
+        problems.append("token is expired")
+    nbf, bad = _numeric_date(claims, "nbf")
+    if bad:
+        problems.append(bad)
+    elif nbf is not None and now < nbf:
+        problems.append("token is not valid yet")
+    if problems:
+        raise TokenError("token has invalid claims: " + ", ".join(problems))

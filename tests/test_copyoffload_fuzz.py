@@ -158,14 +158,15 @@ def test_random_requests_over_tls(tls: Tls, workflow_key: Path, token: str) -> N
         assert srv.request("GET", "/hello")[:2] == (200, b"hello back at ya\n")
 
 
-def test_truncated_and_oversized_heads_get_4xx(plain_server: Running) -> None:
+def test_truncated_and_oversized_heads_get_4xx(plain_server: Running, token: str) -> None:
     port = plain_server.port
+    auth = b"Authorization: Bearer " + token.encode() + b"\r\nAccepts-version: 1.0\r\n"
     for data, code in [
         (b"GET /hello HTTP/1.1\r\n" + b"X: " + b"a" * 40000 + b"\r\n\r\n", b"431"),
         (b"GET /hello HTTP/1.1\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(200)) + b"\r\n", b"431"),
         (b"POST /trial HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", b"400"),
         (b"POST /trial HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
-        (b"POST /trial HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\n", b"413"),
+        (b"POST /trial HTTP/1.1\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\nfffffff\r\n", b"413"),
         (b"GET /hello HTTP/3.0\r\n\r\n", b"505"),
     ]:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

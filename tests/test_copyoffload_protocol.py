@@ -191,7 +191,7 @@ def test_status_with_unparsable_max_wait_secs_is_400(server: Running, value: str
 def test_status_with_other_query_parameters_is_400(server: Running) -> None:
     name = server.trial()
     code, body, _ = server.request("GET", f"/status/{name}?maxWaitSecs=0&verbose=1")
-    assert (code, body) == (400, b"unexpected query parameters: verbose\n")
+    assert (code, body) == (400, b"unexpected query parameters: verbose=1\n")
 
 
 def test_status_is_compact_json_ending_in_newline(server: Running) -> None:
@@ -317,10 +317,8 @@ def test_shutdown_answers_then_stops(server: Running) -> None:
         "/",
         "/nope",
         "/hello/x",
-        "/status",
-        "/status/a/b?maxWaitSecs=0",
-        "/status/../../etc/passwd",
-        "/cancel/../x",
+        "/trial/",
+        "/statusx/a",
     ],
 )
 def test_other_paths_are_404(server: Running, path: str) -> None:
@@ -328,10 +326,20 @@ def test_other_paths_are_404(server: Running, path: str) -> None:
     assert (code, body) == (404, b"404 page not found\n")
 
 
-@pytest.mark.parametrize("name", ["..", ".", "..%2F..%2Fetc", "%00", "a%2Fb"])
+@pytest.mark.parametrize("name", ["..%2F..%2Fetc", "%00", "a%2Fb", "..%2F"])
 def test_traversal_in_job_names_never_matches(server: Running, name: str) -> None:
+    server.trial()
     code, body, _ = server.request("GET", f"/status/{name}?maxWaitSecs=0")
-    assert code == 404 and body in (b"request not found\n", b"404 page not found\n")
+    assert (code, body) == (404, b"request not found\n")
+
+
+@pytest.mark.parametrize(("name", "location"), [("..", "/"), (".", "/status/"), ("../../etc", "/etc")])
+def test_dot_segments_in_job_names_are_redirected_never_matched(
+    server: Running, name: str, location: str
+) -> None:
+    server.trial()
+    code, _, resp = server.request("GET", f"/status/{name}?maxWaitSecs=0")
+    assert (code, resp.getheader("Location")) == (307, location + "?maxWaitSecs=0")
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(server: Running) -> None:

@@ -118,7 +118,18 @@ def test_bad_profiles_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0, "0s"), (0.0123, "12.3ms"), (1.5, "1.5s"), (90.5, "1m30.5s"), (3725, "1h2m5s")]
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.0004, "0s"),
+        (0.0123, "12ms"),
+        (0.074, "74ms"),
+        (1.5, "1.5s"),
+        (90.5, "1m30.5s"),
+        (300, "5m0s"),
+        (3725, "1h2m5s"),
+        (3600.0126, "1h0m0.012s"),
+    ],
 )
 def test_go_duration(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
@@ -191,7 +202,7 @@ def test_verifier_cache_still_checks_expiry() -> None:
 
     key = tokens.new_workflow_key()
     verifier = tokens.TokenVerifier(key)
-    short = jwt.encode({"sub": "user-container", "exp": time.time() + 0.5}, tokens.secret_from_pem(key))
+    short = jwt.encode({"sub": "user-container", "exp": time.time() + 5}, tokens.secret_from_pem(key))
     verifier.verify(short)
     verifier._cache[short]["exp"] = time.time() - 1  # as if the time had passed
     with pytest.raises(tokens.TokenError, match="expired"):
@@ -230,3 +241,27 @@ def test_status_bodies_match_the_openapi_schema() -> None:
     name = table.submit(CopyRequest("c", "/a", "/b", dryrun=True), Profile("p")).name
     jsonschema.validate(table.status(name, None), schema)
     jsonschema.validate({"state": "pending", "status": "unknown status"}, schema)
+
+
+def test_bounded_lines_split_across_reads_and_drop_only_the_overlong_line() -> None:
+    import io
+
+    from copyoffload.pipes import OVERLONG, bounded_lines
+
+    class Trickle(io.RawIOBase):
+        """Hands out at most 3 bytes per read, as a pipe may."""
+
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def readable(self) -> bool:
+            return True
+
+        def read1(self, size: int = -1) -> bytes:
+            chunk, self.data = self.data[:3], self.data[3:]
+            return chunk
+
+    data = b"ab\ncdefghij\n" + b"x" * 40 + b"\nlast"
+    assert list(bounded_lines(Trickle(data), max_line=12)) == [b"ab\n", b"cdefghij\n", OVERLONG, b"last"]
+    endless = io.BytesIO(b"y" * 1000)
+    assert list(bounded_lines(endless, max_line=100)) == [OVERLONG]

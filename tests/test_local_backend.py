@@ -411,7 +411,7 @@ def test_a_setup_overtaken_by_a_finished_teardown_leaves_no_storage_or_token(
     assert backend.store.get_secret(f"{name}-token-server") is None
 
 
-def test_a_copy_offload_server_started_after_a_teardown_overtook_prerun_is_killed(
+def test_a_copy_offload_server_started_after_a_teardown_overtook_setup_is_killed(
     local_config: Config, job_user: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import time
@@ -428,7 +428,6 @@ def test_a_copy_offload_server_started_after_a_teardown_overtook_prerun_is_kille
             "#DW container name=co profile=copy-offload-default",
         ],
     )
-    lc.walk(name, ["Setup", "DataIn"])
     started: list[subprocess.Popen[bytes]] = []
     real_popen = subprocess.Popen
 
@@ -445,7 +444,7 @@ def test_a_copy_offload_server_started_after_a_teardown_overtook_prerun_is_kille
 
     monkeypatch.setattr(copy_offload.subprocess, "Popen", popen_then_torn_down)
     with pytest.raises(WorkflowNotFound):
-        lc.advance_to(name, "PreRun")
+        lc.advance_to(name, "Setup")  # the server starts (held) at Setup since 11.10
     assert started and started[0].wait(timeout=10) is not None
 
 

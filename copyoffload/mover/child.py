@@ -29,12 +29,15 @@ from copyoffload.mover.model import (
     Progress,
     S3Options,
 )
+from copyoffload.pipes import OVERLONG, bounded_lines
 from copyoffload.privileges import COPY_UMASK, credentials_for, running_as_root
 from copyoffload.s3options import S3_OPTIONS_ENV
 
 # After SIGTERM the child removes its partial files and exits; after this long it gets SIGKILL.
 TERM_GRACE_SECONDS = 2.0
 _STDERR_KEEP = 4096
+# Progress lines waiting for the follower: the reader blocks (and so does the child) beyond this.
+_QUEUE_LINES = 256
 # S3_OPTIONS_ENV: a server's site S3 settings (JSON), the base of each copy's --s3-options.
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", S3_OPTIONS_ENV)
 _AWS_PREFIX = "AWS_"
@@ -138,8 +141,10 @@ class _ChildCopy:
         self.src = src
         self.progress = progress
         self.cancel = cancel
-        self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self.lines: queue.Queue[bytes | None] = queue.Queue(_QUEUE_LINES)
         self.stderr_tail = b""
+        self.misbehaved = False
+        self._closing = threading.Event()
 
     def wait(self, on_child: Callable[[int], None] | None) -> CopyResult:
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -157,6 +162,7 @@ class _ChildCopy:
             self._stop_child(kill=True)
             raise
         finally:
+            self._closing.set()
             self.proc.wait()
             for reader in readers:
                 reader.join()
@@ -190,6 +196,12 @@ class _ChildCopy:
 
     def _conclude(self, final: dict[str, object] | None) -> CopyResult:
         code = self.proc.returncode
+        if self.misbehaved:
+            raise CopyError(
+                f"copy of {self.src} stopped: its mover (pid {self.proc.pid}) wrote a progress line "
+                "longer than the limit",
+                path=self.src,
+            )
         if final is not None and final.get("event") == "result" and code == 0:
             return CopyResult.from_dict(final)
         if final is not None and final.get("event") == "error":
@@ -222,9 +234,23 @@ class _ChildCopy:
             os.killpg(self.proc.pid, sig)
 
     def _read_lines(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            self.lines.put(line)
-        self.lines.put(None)
+        """Bounded: an over-long line means the child is not our mover any more (e.g. ptraced): kill it."""
+        for line in bounded_lines(stream):
+            if line is OVERLONG:
+                self.misbehaved = True
+                self._signal_group(signal.SIGKILL)
+                continue
+            assert isinstance(line, bytes)
+            self._put(line)
+        self._put(None)
+
+    def _put(self, item: bytes | None) -> None:
+        while not self._closing.is_set():
+            try:
+                self.lines.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
         while chunk := stream.read(4096):

@@ -6,14 +6,13 @@ Every non-empty body ends with a newline: the upstream C client crashes on one t
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from copyoffload.gojson import GoJsonError, GoNumber, decode_first, valid_text
 from copyoffload.jobs import CopyRequest
 
 TEXT = "text/plain; charset=utf-8"
-JSON = "application/json"
 
 
 @dataclass
@@ -38,14 +37,6 @@ class Response:
     close: bool = False
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def valid_text(value: str) -> str:
-    """Lone surrogates (a JSON ``\\ud800`` escape, a file name that is not UTF-8) become U+FFFD, as in Go."""
-    return _LONE_SURROGATE.sub("\ufffd", value)
-
-
 def _line(message: str) -> bytes:
     body = message if message.endswith("\n") else message + "\n"
     return valid_text(body).encode("utf-8")
@@ -65,11 +56,14 @@ def empty(code: int = 200) -> Response:
 
 
 def json_line(obj: Any) -> Response:
-    """Compact JSON plus newline, HTML- and line-separator-escaped like Go's json.Encoder."""
+    """Compact JSON plus newline, HTML- and line-separator-escaped like Go's json.Encoder.
+
+    Sent as upstream sends it, with no Content-Type of its own: Go sniffs ``text/plain; charset=utf-8``.
+    """
     data = valid_text(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
     for char, escape in _GO_ESCAPES:
         data = data.replace(char, escape)
-    return Response(200, (data + "\n").encode("utf-8"), JSON)
+    return Response(200, (data + "\n").encode("utf-8"), TEXT)
 
 
 _GO_ESCAPES = (
@@ -107,7 +101,7 @@ class BodyError(Exception):
 def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int | float):
+    if isinstance(value, GoNumber):
         return "number"
     if isinstance(value, str):
         return "string"
@@ -116,31 +110,12 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def decode_copy_request(body: bytes) -> CopyRequest:
     """Decode the first JSON value of the body like json.NewDecoder(body).Decode(&DMRequest{})."""
     try:
-        textual = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BodyError("invalid character in request body (not UTF-8)") from None
-    start = len(textual) - len(textual.lstrip(" \t\r\n"))
-    if start == len(textual):
-        raise BodyError("EOF")
-    try:
-        value, _end = _DECODER.raw_decode(textual, start)
-    except RecursionError:
-        raise BodyError("exceeded max depth") from None
-    except ValueError as exc:
-        message = str(exc)
-        if isinstance(exc, json.JSONDecodeError) and exc.pos >= len(textual):
-            message = "unexpected EOF"
-        raise BodyError(message) from None
+        value = decode_first(body)
+    except GoJsonError as exc:
+        raise BodyError(str(exc)) from None
     if value is None:
         return CopyRequest()
     if not isinstance(value, dict):
@@ -170,21 +145,18 @@ def _convert(item: Any, go_type: str, name: str) -> Any:
         )
 
     if go_type == "string":
-        if not isinstance(item, str):
+        if isinstance(item, GoNumber) or not isinstance(item, str):
             raise fail()
         return valid_text(item)
     if go_type == "bool":
         if not isinstance(item, bool):
             raise fail()
         return item
-    if isinstance(item, bool) or not isinstance(item, int | float):
+    if not isinstance(item, GoNumber):
         raise fail()
-    if isinstance(item, float):
-        raise BodyError(
-            f"json: cannot unmarshal number {item!r} into Go struct field DMRequest.{name} of type {go_type}"
-        )
-    if not -(2**31) <= item < 2**31:
+    number = int(item) if item.lstrip("-").isdigit() else None
+    if number is None or not -(2**31) <= number < 2**31:
         raise BodyError(
             f"json: cannot unmarshal number {item} into Go struct field DMRequest.{name} of type {go_type}"
         )
-    return item
+    return number

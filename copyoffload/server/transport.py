@@ -5,6 +5,12 @@ OpenSSL with the GIL released, and a thread per keep-alive connection gives the 
 (see BENCHMARKS.md) without an event loop. Every limit is explicit: header bytes, header count, body
 size, connection count, handshake/idle/read timeouts. Anything malformed gets a 4xx and the connection
 is closed; nothing a client sends can raise out of a connection thread.
+
+Against a hostile local user (11.4): a peer filter refuses connections whose socket another user owns
+(see peers.py); a request is admitted (route, method, token, version) on its header alone, so an
+unauthenticated body is never read; a watchdog enforces whole-request deadlines however slowly bytes
+trickle in; and connections that have not yet sent an admitted request are capped, the oldest evicted
+first, so idle strangers cannot crowd out the job's own client.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ class Limits:
     handshake_timeout: float = 10.0
     idle_timeout: float = 120.0
     read_timeout: float = 30.0
+    # A new connection must complete an admitted request within this; later requests within
+    # request_timeout of their first byte (headers and body, however slowly they arrive).
+    first_request_timeout: float = 10.0
+    request_timeout: float = 30.0
+    # Connections that have not yet sent an admitted request; beyond this the oldest is closed.
+    max_unadmitted: int = 64
 
 
 class HttpError(Exception):
@@ -76,8 +88,25 @@ def render(response: Response, date: bytes, keep_alive: bool) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + response.body
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One accepted connection, as the accept loop and the watchdog see it (changed under the lock)."""
+
+    raw: socket.socket
+    accepted: float
+    deadline: float | None
+    admitted: bool = False
+    idle: bool = True
+    evicted: bool = False
+
+
 class HttpServer:
-    """Serves ``handler(Request) -> Response`` on one listening socket, TLS when a context is given."""
+    """Serves ``handler(Request) -> Response`` on one listening socket, TLS when a context is given.
+
+    ``admit(request)`` (optional) judges a request on its header alone: a Response refuses it before its
+    body is read; None admits it (and the connection stops counting as a stranger's).
+    ``peer_allowed(sock)`` (optional) is asked at accept; False closes the connection at once.
+    """
 
     def __init__(
         self,
@@ -85,26 +114,40 @@ class HttpServer:
         listener: socket.socket,
         ssl_context: ssl.SSLContext | None,
         limits: Limits = Limits(),
+        *,
+        admit: Callable[[Request], Response | None] | None = None,
+        peer_allowed: Callable[[socket.socket], bool] | None = None,
     ) -> None:
         self._handler = handler
+        self._admit = admit
+        self._peer_allowed = peer_allowed
         self._listener = listener
         self._ssl = ssl_context
         self._limits = limits
         self._date = _DateCache()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._connections: dict[socket.socket, bool] = {}  # socket -> idle between requests
+        self._connections: dict[socket.socket, _Connection] = {}  # by raw socket
         self._threads: set[threading.Thread] = set()
         self._accept_thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self.refused_peers = 0  # connections closed at accept by peer_allowed (monitoring, tests)
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self._listener.getsockname()[:2]
         return host, port
 
+    def connection_count(self) -> int:
+        """Open connections not yet evicted (for monitoring and tests)."""
+        with self._lock:
+            return sum(not c.evicted for c in self._connections.values())
+
     def start(self) -> None:
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
         self._accept_thread.start()
+        self._watchdog = threading.Thread(target=self._watch_deadlines, name="deadlines", daemon=True)
+        self._watchdog.start()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, close idle keep-alive connections, give in-flight requests ``grace`` seconds."""
@@ -117,16 +160,16 @@ class HttpServer:
         deadline = time.monotonic() + grace
         while True:
             with self._lock:
-                for sock, idle in self._connections.items():
-                    if idle:
-                        _shutdown_quietly(sock)
+                for conn in self._connections.values():
+                    if conn.idle:
+                        _shutdown_quietly(conn.raw)
                 threads = list(self._threads)
             if not threads or time.monotonic() >= deadline:
                 break
             threads[0].join(min(0.05, max(0.0, deadline - time.monotonic())))
         with self._lock:
-            for sock in self._connections:
-                _shutdown_quietly(sock)
+            for conn in self._connections.values():
+                _shutdown_quietly(conn.raw)
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
@@ -137,17 +180,62 @@ class HttpServer:
                     return
                 time.sleep(0.01)  # e.g. EMFILE: back off instead of spinning
                 continue
+            if self._peer_allowed is not None and not self._peer_allowed(sock):
+                sock.close()
+                self.refused_peers += 1
+                continue
+            now = time.monotonic()
+            conn = _Connection(sock, now, now + self._limits.first_request_timeout, self._admit is None)
             with self._lock:
-                too_many = len(self._threads) >= self._limits.max_connections
-                if not too_many:
-                    thread = threading.Thread(target=self._serve_connection, args=(sock,), daemon=True)
+                admitted = self._make_room()
+                if admitted:
+                    thread = threading.Thread(target=self._serve_connection, args=(conn,), daemon=True)
                     self._threads.add(thread)
-            if too_many:
+                    self._connections[sock] = conn
+            if not admitted:
                 sock.close()
                 continue
             thread.start()
 
-    def _serve_connection(self, raw: socket.socket) -> None:
+    def _make_room(self) -> bool:
+        """Under the lock: evict the oldest stranger when strangers or connections are at their cap."""
+        live = [c for c in self._connections.values() if not c.evicted]
+        strangers = [c for c in live if not c.admitted]
+        full = len(self._threads) >= self._limits.max_connections
+        if len(strangers) < self._limits.max_unadmitted and not full:
+            return True
+        if not strangers:
+            return False
+        self._evict(min(strangers, key=lambda c: c.accepted))
+        return True
+
+    def _evict(self, conn: _Connection) -> None:
+        conn.evicted = True
+        conn.deadline = None
+        _shutdown_quietly(conn.raw)
+
+    def _watch_deadlines(self) -> None:
+        """Close connections past their deadline: a blocked recv or send then returns at once."""
+        while not self._stopping.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                for conn in self._connections.values():
+                    if conn.deadline is not None and conn.deadline <= now:
+                        self._evict(conn)
+
+    def _set_deadline(self, conn: _Connection, seconds: float | None, *, idle: bool | None = None) -> None:
+        """Lock-free (single attribute stores): at worst the watchdog closes a connection twice."""
+        if conn.evicted:
+            return
+        if not conn.admitted:  # a stranger's deadline never moves: bad requests buy no time
+            conn.deadline = conn.accepted + self._limits.first_request_timeout
+        else:
+            conn.deadline = None if seconds is None else time.monotonic() + seconds
+        if idle is not None:
+            conn.idle = idle
+
+    def _serve_connection(self, conn: _Connection) -> None:
+        raw = conn.raw
         sock: socket.socket = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -163,51 +251,58 @@ class HttpServer:
                     )
                     return
                 sock = self._ssl.wrap_socket(raw, server_side=True)
-            with self._lock:
-                self._connections[sock] = True
-            self._serve_requests(sock)
+            self._serve_requests(conn, sock)
         except (OSError, ssl.SSLError, ValueError):
             pass
         except Exception:  # pragma: no cover - a bug; keep the server alive and say what happened
             log.exception("connection handler failed")
         finally:
             with self._lock:
-                self._connections.pop(sock, None)
+                self._connections.pop(raw, None)
                 self._threads.discard(threading.current_thread())
             _shutdown_quietly(sock)
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _serve_requests(self, sock: socket.socket) -> None:
+    def _serve_requests(self, conn: _Connection, sock: socket.socket) -> None:
         buf = bytearray()
         limits = self._limits
         while not self._stopping.is_set():
             sock.settimeout(limits.idle_timeout if not buf else limits.read_timeout)
+            if conn.admitted:
+                wait = limits.idle_timeout if not buf else limits.request_timeout
+                self._set_deadline(conn, wait, idle=True)
             try:
-                request, keep_alive = self._read_request(sock, buf)
+                request, keep_alive = self._read_request(conn, sock, buf)
             except HttpError as exc:
                 body = (str(exc) + "\n").encode()
                 response = Response(exc.code, body, TEXT)
+                self._set_deadline(conn, limits.request_timeout)
                 sock.sendall(render(response, self._date.get(), False))
                 _linger(sock)
                 return
             if request is None:
                 return
-            with self._lock:
-                self._connections[sock] = False
+            self._set_deadline(conn, None, idle=False)  # a handler may wait (status maxWaitSecs)
             try:
                 response = self._handler(request)
             except Exception:
                 log.exception("handler failed for %s %s", request.method, request.path)
                 response = Response(500, b"internal server error\n", TEXT)
             keep_alive = keep_alive and not response.close and not self._stopping.is_set()
+            self._set_deadline(conn, limits.request_timeout)
             sock.sendall(render(response, self._date.get(), keep_alive))
             if not keep_alive:
                 return
-            with self._lock:
-                self._connections[sock] = True
 
-    def _read_request(self, sock: socket.socket, buf: bytearray) -> tuple[Request | None, bool]:
+    def _refuse_before_body(self, sock: socket.socket, response: Response) -> None:
+        """Answer a refused request without reading its body, then close (the body is never buffered)."""
+        sock.sendall(render(response, self._date.get(), False))
+        _linger(sock)
+
+    def _read_request(
+        self, conn: _Connection, sock: socket.socket, buf: bytearray
+    ) -> tuple[Request | None, bool]:
         limits = self._limits
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -216,7 +311,7 @@ class HttpServer:
             if len(buf) > limits.max_header_bytes:
                 raise HttpError(431, "request header fields too large")
             try:
-                data = sock.recv(65536)
+                data = sock.recv(16384)
             except TimeoutError:
                 if buf:
                     raise HttpError(408, "request timeout") from None
@@ -225,6 +320,8 @@ class HttpServer:
                 if buf:
                     raise HttpError(400, "incomplete request")
                 return None, False
+            if not buf and conn.admitted:
+                self._set_deadline(conn, limits.request_timeout, idle=False)  # the whole request, from now
             buf += data
             if not buf.strip(b"\r\n"):
                 buf.clear()  # tolerate stray CRLFs between requests (RFC 9112 2.2)
@@ -269,12 +366,27 @@ class HttpServer:
         expect = headers.get("expect", "").lower()
         if expect and expect != "100-continue":
             raise HttpError(417, "expectation failed")
-        body = b""
+        if target.startswith("/"):  # origin-form, as sent: "//x" is a path here, not a host
+            path, _, query = target.partition("?")
+        else:
+            split = urlsplit(target)
+            path, query = split.path or "/", split.query
+        length = 0
         if content_lengths:
             raw_length = next(iter(content_lengths))
             if not raw_length.isdigit() or len(raw_length) > 18:
                 raise HttpError(400, "bad Content-Length")
             length = int(raw_length)
+        if self._admit is not None and (length or chunked or not conn.admitted):
+            refusal = self._admit(Request(method, path, query, headers))
+            if refusal is not None:
+                if length or chunked:
+                    self._refuse_before_body(sock, refusal)
+                    return None, False
+            else:
+                conn.admitted = True
+        body = b""
+        if content_lengths:
             if length > limits.max_body_bytes:
                 raise HttpError(413, f"request body too large (limit {limits.max_body_bytes} bytes)")
             if expect and length > len(buf):
@@ -284,8 +396,6 @@ class HttpServer:
             if expect:
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = self._read_chunked(sock, buf)
-        split = urlsplit(target)
-        path, query = split.path, split.query
         return Request(method, path, query, headers, body), keep_alive
 
     def _fill(self, sock: socket.socket, buf: bytearray, want: int) -> None:

@@ -4,12 +4,17 @@ key, neither readable by the job's user; it copies as the job's user through the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +22,7 @@ if TYPE_CHECKING:
     from dwsbridge.backends.local.driver import LocalDriver
 
 READY_TIMEOUT = 15.0
+log = logging.getLogger("dwsbridge.local")
 
 
 def site_certificate(driver: LocalDriver) -> tuple[Path, Path]:
@@ -36,41 +42,80 @@ def site_certificate(driver: LocalDriver) -> tuple[Path, Path]:
     return made_cert, made_key
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def reserve(driver: LocalDriver, obj: dict[str, Any]) -> dict[str, str]:
-    """At Setup: choose the port and certificate, so the job's environment is known before PreRun."""
+    """At Setup: start the server held (listening, not yet serving), so its port is known for the job's
+    environment and stays ours until PreRun: no other user can bind it in between (11.10)."""
     cert, _ = site_certificate(driver)
-    port = free_port()
+    info = _launch(driver, obj, port=0, held=True)
     return {
         "NNF_CONTAINER_LAUNCHER": driver.config.compute_name,
-        "NNF_CONTAINER_PORTS": str(port),
+        "NNF_CONTAINER_PORTS": str(info["port"]),
         "NNF_CONTAINER_HOSTNAMES": driver.config.compute_name,
         "COPY_OFFLOAD_CERT": str(cert),
     }
 
 
 def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
-    """At PreRun: start the server detached from the caller (a Slurm hook must not wait for it)."""
+    """At PreRun: let the server held since Setup serve (or, if it is gone, start one on its port)."""
     from dwsbridge.backends.local.driver import DriverError
     from dwsbridge.backends.local.store import is_alive
 
     name = obj["metadata"]["name"]
+    ready = _ready_file(driver, name)
     for record in driver.store.processes(name, "server"):
         if is_alive(record.pid, record.start):
+            if _read_ready(ready).get("held", True):  # SIGUSR1 to a serving server does nothing
+                os.kill(record.pid, signal.SIGUSR1)
+                _wait_ready(ready, name, functools.partial(_gone, record.pid, record.start), held=False)
             return record.pid
     env_status = (obj.get("status") or {}).get("env") or {}
     port = env_status.get("NNF_CONTAINER_PORTS")
     if not port:
         raise DriverError(f"workflow {name}: no copy-offload port was reserved at Setup")
+    log.warning("workflow=%s its copy-offload server held since Setup is gone: starting one", name)
+    return int(_launch(driver, obj, port=int(port), held=False)["pid"])
+
+
+def _gone(pid: int, start: str | None) -> bool:
+    from dwsbridge.backends.local.store import is_alive
+
+    return not is_alive(pid, start)
+
+
+def _ready_file(driver: LocalDriver, name: str) -> Path:
+    return driver.secrets_dir / name / "server.ready"
+
+
+def _read_ready(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _wait_ready(path: Path, name: str, exited: Callable[[], bool], *, held: bool) -> dict[str, Any]:
+    from dwsbridge.backends.local.driver import DriverError
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        info = _read_ready(path)
+        if info and bool(info.get("held")) == held:
+            return info
+        if exited():
+            raise DriverError(f"workflow {name}: copy-offload server exited at start")
+        time.sleep(0.02)
+    raise DriverError(f"workflow {name}: copy-offload server did not become ready in {READY_TIMEOUT:g}s")
+
+
+def _launch(driver: LocalDriver, obj: dict[str, Any], *, port: int, held: bool) -> dict[str, Any]:
+    """Start the workflow's server detached from the caller (a Slurm hook must not wait for it)."""
+    from dwsbridge.backends.local.driver import DriverError
+
+    name = obj["metadata"]["name"]
     cert, key = site_certificate(driver)
     token_key = driver.token_key_file(name)
-    run_dir = driver.secrets_dir / name
-    ready = run_dir / "server.ready"
+    ready = _ready_file(driver, name)
     ready.unlink(missing_ok=True)
     log_path = driver.root / "log" / f"{name}-copy-offload.log"
     env = {
@@ -105,6 +150,8 @@ def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
         "--ready-file",
         str(ready),
     ]
+    if held:
+        command.append("--hold")
     if driver.config.copy_offload_profiles:
         command += ["--profiles", str(driver.config.copy_offload_profiles)]
     with open(log_path, "ab") as log_file:
@@ -117,15 +164,14 @@ def start(driver: LocalDriver, obj: dict[str, Any]) -> int:
             start_new_session=True,
             close_fds=True,
         )
-    if not driver.track_process(obj, "server", proc.pid, {"port": int(port)}):
+    if not driver.track_process(obj, "server", proc.pid, {"port": port, "held": held}):
         proc.wait()
         raise DriverError(f"workflow {name}: torn down while its copy-offload server started")
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if ready.exists():
-            return proc.pid
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-500:].strip()
-            raise DriverError(f"workflow {name}: copy-offload server exited at start: {tail}")
-        time.sleep(0.02)
-    raise DriverError(f"workflow {name}: copy-offload server did not become ready in {READY_TIMEOUT:g}s")
+    try:
+        return _wait_ready(ready, name, lambda: proc.poll() is not None, held=held)
+    except DriverError as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        tail = log_path.read_text(errors="replace")[-500:].strip()
+        raise DriverError(f"{exc}: {tail}" if tail else str(exc)) from None
