@@ -75,14 +75,19 @@ class Validator(_ValidatorBase):
             from dwsbridge.directives import RuleSet
 
             config = load_config(self._config_path)
-            self._settings = (config.flux_presets, RuleSet.load(config.ruleset), config.backend)
+            self._settings = (
+                config.flux_presets,
+                RuleSet.load(config.ruleset),
+                config.backend,
+                config.directive_limits,
+            )
         return self._settings
 
     def validate(self, args: Any) -> tuple[int, str] | None:
         jobspec = args["jobspec"] if isinstance(args, dict) else args.jobspec
         try:
-            presets, ruleset, backend = self._load()
-            message = check_jobspec(jobspec, presets=presets, ruleset=ruleset, backend=backend)
+            presets, ruleset, backend, limits = self._load()
+            message = check_jobspec(jobspec, presets=presets, ruleset=ruleset, backend=backend, limits=limits)
         except DwsBridgeError as exc:
             message = f"dwsbridge: {exc}"
         return (errno.EINVAL, message) if message else None

@@ -52,6 +52,24 @@ def unmount_under(path: Path) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_mount_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves a workflow behind under its tmp_path leaves its loop filesystem mounted;
+    detach it, or pytest cannot remove the directory and the image's space is never freed."""
+    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if path is not None and IS_ROOT:
+        unmount_under(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_mount_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for module fixtures (test clusters) under pytest's base temporary directory."""
+    yield
+    if IS_ROOT:
+        unmount_under(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture
 def local_config(world_tmp: Path) -> Config:
     root = world_tmp / "root"

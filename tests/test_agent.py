@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(not IS_ROOT, reason="the agent runs as root and 
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
-JOBDW = "#DW jobdw type=xfs capacity=1GiB name=scratch pool=dws"
+JOBDW = "#DW jobdw type=xfs capacity=64MiB name=scratch pool=dws"  # small: Setup preallocates it
 
 
 @dataclass
@@ -155,7 +155,7 @@ def test_a_workflow_walks_from_setup_to_teardown_through_the_agent(
     outcomes = {}
     for job, agent_on in (("5", True), ("6", False)):
         steps = [
-            ("setup", job, uid, gid, "dws", "1073741824", path),
+            ("setup", job, uid, gid, "dws", "67108864", path),
             ("data_in", job, path),
             ("paths", job, path, str(env_file)),
             ("pre_run", job, path),
@@ -233,7 +233,7 @@ def test_many_workflows_at_once_all_complete(agent: RunningAgent, job_user: obje
 
     def walk(job: str) -> list[int]:
         steps = [
-            ("setup", job, uid, gid, "dws", "1073741824", path),
+            ("setup", job, uid, gid, "dws", "67108864", path),
             ("data_in", job, path),
             ("pre_run", job, path),
             ("post_run", job, path),

@@ -12,7 +12,7 @@ from dwsbridge.flux import protocol
 from dwsbridge.flux.service import flux_directives
 
 if TYPE_CHECKING:
-    from dwsbridge.directives import RuleSet
+    from dwsbridge.directives import Limits, RuleSet
 
 
 def check_jobspec(
@@ -21,6 +21,7 @@ def check_jobspec(
     presets: Mapping[str, str] | None = None,
     ruleset: RuleSet | None = None,
     backend: str | None = None,
+    limits: Limits | None = None,
 ) -> str | None:
     """None when the job's `dw` and `dw_failure_tolerance` are acceptable, else what the user sees."""
     system = protocol.system_attributes(jobspec)
@@ -32,7 +33,7 @@ def check_jobspec(
             problems.append(str(exc))
     if protocol.DW_ATTRIBUTE in system:
         try:
-            flux_directives(system[protocol.DW_ATTRIBUTE], presets, ruleset, backend)
+            flux_directives(system[protocol.DW_ATTRIBUTE], presets, ruleset, limits, backend)
         except (DirectiveError, ValidationFailed) as exc:
             problems.append(str(exc))
     return "; ".join(problems) or None
