@@ -1,5 +1,6 @@
 """Our mover vs `aws s3 cp --recursive` (awscli), both directions, against one S3 server on loopback
-(testenv/s3server.py: moto, in its own process): `python -m bench.bench_s3 [--rounds N] [--no-write]`.
+(testenv/s3server.py: moto, in its own process):
+`.venv/bin/python -m bench.bench_s3 [--rounds N] [--no-write]`.
 
 Cases: (a) 1,000 objects of 64 KiB, (b) one 1 GiB object. Both tools run as a fresh process
 (`python -m copyoffload.mover SRC DEST` and `aws s3 cp --recursive --only-show-errors SRC DEST`), with
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.markdown import write_section
+from bench.usage import prog
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = Path("/tmp/dwsb-bench-s3")
@@ -179,8 +181,10 @@ def markdown(rows: list[dict[str, Any]], rounds: int, load: tuple[float, float])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = argparse.ArgumentParser(
+        prog=prog("bench.bench_s3"), description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per case (default 5)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     _aws()

@@ -218,11 +218,18 @@ def test_without_the_peer_check_strangers_are_capped_and_the_victim_still_gets_i
     assert (result.returncode, result.stdout) == (0, "hello back at ya\n"), result.stderr
 
 
-def test_a_trickled_request_is_cut_off_at_its_deadline(setup: Setup) -> None:
-    """Slowloris: one header byte every 0.2 s would take a minute; the whole request has 1 s."""
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_trickled_request_is_cut_off_at_its_deadline(setup: Setup, tls: bool) -> None:
+    """Slowloris: one header byte every 0.2 s would take a minute; the whole request has 1 s. Over TLS
+    too, where the connection the watchdog closes is the wrapped one, not the socket accepted."""
     trickle = (
-        "import socket, sys, time\n"
+        "import socket, ssl, sys, time\n"
         "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+        "if sys.argv[2] == 'tls':\n"
+        "    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n"
+        "    ctx.check_hostname = False\n"
+        "    ctx.verify_mode = ssl.CERT_NONE\n"
+        "    s = ctx.wrap_socket(s)\n"
         "for b in b'GET /hello HTTP/1.1\\r\\nX-Pad: ' + b'a' * 300:\n"
         "    try:\n"
         "        s.sendall(bytes([b]))\n"
@@ -232,8 +239,9 @@ def test_a_trickled_request_is_cut_off_at_its_deadline(setup: Setup) -> None:
         "else:\n"
         "    print('served to the end', flush=True)\n"
     )
-    with server(setup, check_peer_uid=False, skip_tls=True, first_request_timeout=1.0) as srv:
-        proc = as_user(setup.attacker, [sys.executable, "-c", trickle, str(srv.port)], stdout=subprocess.PIPE)
+    with server(setup, check_peer_uid=False, skip_tls=not tls, first_request_timeout=1.0) as srv:
+        argv = [sys.executable, "-c", trickle, str(srv.port), "tls" if tls else "plain"]
+        proc = as_user(setup.attacker, argv, stdout=subprocess.PIPE)
         out, _ = proc.communicate(timeout=60)
     assert out.strip() == "cut"
 

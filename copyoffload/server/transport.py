@@ -251,6 +251,7 @@ class HttpServer:
                     )
                     return
                 sock = self._ssl.wrap_socket(raw, server_side=True)
+                conn.raw = sock  # wrap_socket detached `raw`: the watchdog and stop() must close this one
             self._serve_requests(conn, sock)
         except (OSError, ssl.SSLError, ValueError):
             pass
