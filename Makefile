@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian's interpreter: readable by every user (jobs run the copyoffload client as themselves).
 BASE_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
-DEBS := python3-venv slurmctld slurmd slurm-client munge curl e2fsprogs mount lua-socket
+DEBS := python3-venv slurmctld slurmd slurm-client munge curl e2fsprogs mount lua-socket lua5.1
 # flux-core's build dependencies (DESIGN Part 8) and what the real-Flux tests run with (python3-jwt,
 # python3-cryptography: the service runs under `flux python`, Debian's interpreter).
 FLUX_DEBS := autoconf automake libtool make pkg-config libc6-dev libzmq3-dev uuid-dev libjansson-dev \

@@ -9,10 +9,15 @@ request whose caller has given up is not started (expired).
 
 What it runs is exactly what `python -m dwsbridge.slurm HOOK ARGS` runs in-process: the same
 SlurmHooks handlers through `slurm.run_hook`, the same log lines and result protocol
-(`slurm.forward_records`, `slurm.write_result`). One thread per request (Slurm runs up to 128
-hooks of a stage at once). Each request gets its own Lifecycle: the local backend's SQLite
-connection belongs to one thread, so every request opens and closes its own. The Kubernetes
-backend keeps nothing per call but its client, so all requests share one, connected at start.
+(`slurm.forward_records`, `slurm.write_result`). Requests are served by a pool of threads that each
+block in accept() and serve what they accepted: no thread is started and no hand-off is made per
+request (job_process sits on every sbatch's path, and a thread start plus a wake-up cost more than
+validating). The pool keeps spare acceptors: one that takes a connection when no other is idle
+starts another first, so a long or slow hook never holds up the next one (Slurm runs up to 128
+hooks of a stage at once); spares beyond SPARE_ACCEPTORS end when idle. Each request gets its
+own Lifecycle: the local backend's SQLite connection belongs to one thread, so every request opens
+and closes its own. The Kubernetes backend keeps nothing per call but its client, so all requests
+share one, connected at start.
 
 Leases (local backend): a state being worked on carries a lease naming the process that works on
 it (pid and start time). With the agent that process is the agent, for all its requests. That stays
@@ -52,7 +57,8 @@ from dwsbridge.lifecycle import Lifecycle, make_backend
 
 REQUEST_LIMIT = 1 << 20  # bytes; a hook's arguments are a few paths
 REQUEST_TIMEOUT = 10.0  # seconds to receive a request once connected
-ACCEPT_POLL = 0.5  # seconds between checks for a stop request
+STOP_POLL = 0.5  # seconds between checks for a stop request
+SPARE_ACCEPTORS = 4  # idle acceptor threads kept waiting for the next request
 DEFAULT_DRAIN_TIMEOUT = 30.0
 JOB_HOOKS = {"setup", "data_in", "paths", "pre_run", "post_run", "data_out", "job_teardown"}
 SERIALIZED_HOOKS = {"setup", "job_teardown"}  # per job, never at once (Agent._serialized)
@@ -154,6 +160,8 @@ class Agent:
         self._creating: dict[str, list[Any]] = {}
         self._active = 0
         self._idle = threading.Condition(self._lock)
+        self._waiting = 0  # acceptor threads blocked in accept()
+        self._acceptors = 0  # acceptor threads alive
 
     # --- configuration --------------------------------------------------------------------------
     def served(self) -> Served:
@@ -377,26 +385,57 @@ class Agent:
             f"dwsbridge agent: pid {os.getpid()} serving {self.socket_path} "
             f"(backend {served.config.backend}, config {self.config_file or 'defaults'})"
         )
-        listener.settimeout(ACCEPT_POLL)
         threading.Thread(target=self._sweep_orphans, name="orphans", daemon=True).start()
         try:
-            while not self._stopping.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError as exc:
-                    _stderr_line(f"dwsbridge agent: accept: {exc}")
-                    time.sleep(0.1)
-                    continue
-                conn.settimeout(None)
-                threading.Thread(target=self.handle, args=(conn,), name="hook", daemon=True).start()
+            for _ in range(SPARE_ACCEPTORS):
+                self._start_acceptor(listener)
+            while not self._stopping.wait(STOP_POLL):
+                pass
         finally:
-            listener.close()
+            with contextlib.suppress(OSError):  # wakes every thread blocked in accept() (Linux)
+                listener.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 if os.stat(self.socket_path).st_ino == inode:
                     os.unlink(self.socket_path)
-        return self._drain()
+        drained = self._drain()
+        listener.close()
+        return drained
+
+    def _start_acceptor(self, listener: socket.socket) -> None:
+        """One more thread waiting in accept(); counted as waiting before it starts, so that two
+        busy acceptors never both think the pool has a spare."""
+        with self._lock:
+            self._acceptors += 1
+            self._waiting += 1
+        threading.Thread(target=self._accept_loop, args=(listener,), name="hook", daemon=True).start()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept and serve connections one at a time, until the agent stops or the pool has enough
+        spares without this thread."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError as exc:
+                if self._stopping.is_set():
+                    with self._lock:
+                        self._waiting -= 1
+                        self._acceptors -= 1
+                    return
+                _stderr_line(f"dwsbridge agent: accept: {exc}")
+                time.sleep(0.1)
+                continue
+            with self._lock:
+                self._waiting -= 1
+                spare_needed = self._waiting == 0
+            if spare_needed:
+                self._start_acceptor(listener)
+            conn.settimeout(None)
+            self.handle(conn)
+            with self._lock:
+                if self._waiting >= SPARE_ACCEPTORS or self._stopping.is_set():
+                    self._acceptors -= 1
+                    return
+                self._waiting += 1
 
     def _sweep_orphans(self) -> None:
         """Every `orphan_sweep_interval` seconds, tear down workflows whose job Slurm has forgotten

@@ -322,7 +322,7 @@ def test_install_points_the_lua_at_the_agent_and_writes_a_systemd_unit(tmp_path:
 
     args = ["slurm", "install", "--etc", str(tmp_path), "--no-check", "--agent-socket", "/run/x/a.sock"]
     assert main(args) == 0
-    lua = (tmp_path / "burst_buffer.lua").read_text()
+    lua = (tmp_path / "dwsbridge-hooks.lua").read_text()
     assert 'local AGENT_SOCKET = "/run/x/a.sock"' in lua
     assert "from dwsbridge.hookclient import main" in lua
     unit = (tmp_path / "dwsbridge-agent.service").read_text()
@@ -334,7 +334,7 @@ def test_install_without_the_agent_leaves_it_out(tmp_path: Path) -> None:
 
     args = ["slurm", "install", "--etc", str(tmp_path), "--no-check", "--no-agent", "--no-launcher"]
     assert main(args) == 0
-    lua = (tmp_path / "burst_buffer.lua").read_text()
+    lua = (tmp_path / "dwsbridge-hooks.lua").read_text()
     assert 'local AGENT_SOCKET = ""' in lua and 'local LAUNCHER = ""' in lua
     assert not (tmp_path / "dwsbridge-agent.service").exists()
 

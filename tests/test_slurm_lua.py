@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 lupa = pytest.importorskip("lupa")
 from lupa import lua51  # noqa: E402
 
-from dwsbridge.cli.slurm import render_lua, template  # noqa: E402
+from dwsbridge.cli.slurm import render_loader, render_lua, template  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUCCESS, ERROR = 0, -1
@@ -477,6 +478,66 @@ def test_real_bridge_bbstat_usage_for_a_non_numeric_job(real_bridge: Shim) -> No
 # --- the installer -----------------------------------------------------------------------------------------
 
 
+# --- the loader (what Slurm loads: the hooks compiled, or their source) ------------------------------
+def hook_defining(answer: str) -> str:
+    return f'function slurm_bb_job_process() return 0, "{answer}" end\n'
+
+
+def loader_answer(loader: str) -> str:
+    lua = lua51.LuaRuntime(unpack_returned_tuples=True)
+    lua.execute(loader)
+    return str(lua.globals().slurm_bb_job_process()[1])
+
+
+def test_the_loader_runs_the_compiled_hooks_only_while_their_source_is_unchanged(tmp_path: Path) -> None:
+    source, compiled = tmp_path / "dwsbridge-hooks.lua", tmp_path / "dwsbridge-hooks.luac"
+    source.write_text(hook_defining("source"))
+    compiled.write_text(hook_defining("compiled"))  # loadfile takes text or bytecode alike
+    size = source.stat().st_size
+    assert loader_answer(render_loader(str(source), str(compiled), size)) == "compiled"
+    source.write_text(hook_defining("edited source"))  # an admin's edit: another size
+    assert loader_answer(render_loader(str(source), str(compiled), size)) == "edited source"
+    source.write_text(hook_defining("source"))
+    compiled.write_bytes(b"\x1bLua\x99 not a chunk this Lua can load")
+    assert loader_answer(render_loader(str(source), str(compiled), size)) == "source"
+    assert loader_answer(render_loader(str(source), None, None)) == "source"  # installed without luac
+
+
+def test_the_loader_says_what_to_do_when_the_hooks_are_missing(tmp_path: Path) -> None:
+    loader = render_loader(str(tmp_path / "dwsbridge-hooks.lua"), None, None)
+    with pytest.raises(lua51.LuaError, match=r"cannot load .*dwsbridge-hooks.lua.*dwsbridge slurm install"):
+        lua51.LuaRuntime().execute(loader)
+
+
+@pytest.mark.skipif(not shutil.which("lua5.1"), reason="Debian's lua5.1 (make debs installs it)")
+def test_install_compiles_the_hooks_and_slurms_lua_runs_the_compiled_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dwsbridge.cli import main
+
+    args = ["slurm", "install", "--etc", str(tmp_path), "--no-check", "--agent-socket", "/run/x/a.sock"]
+    assert main(args) == 0
+    assert "loads the hooks compiled (dwsbridge-hooks.luac" in capsys.readouterr().out
+    source = tmp_path / "dwsbridge-hooks.lua"
+    assert (tmp_path / "dwsbridge-hooks.luac").read_bytes().startswith(b"\x1bLua")
+    # Source replaced by a comment of the same size: only the compiled hooks can define the functions.
+    size = source.stat().st_size
+    source.write_text("-" * (size - 1) + "\n")
+    probe = (
+        "slurm = {SUCCESS = 0, ERROR = -1, log_info = print, log_error = print, log_verbose = print}\n"
+        f"dofile({str(tmp_path / 'burst_buffer.lua')!r})\n"
+        "for _, name in ipairs({'slurm_bb_job_process', 'slurm_bb_setup', 'slurm_bb_job_teardown'}) do\n"
+        "  assert(type(_G[name]) == 'function', name)\n"
+        "end\n"
+        "print('hooks defined')\n"
+    )
+    proc = subprocess.run(["lua5.1", "-e", probe], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "hooks defined" in proc.stdout, proc.stderr
+    source.write_text("-" * size + "\n")  # now another size: the loader must use it (and find nothing)
+    proc = subprocess.run(["lua5.1", "-e", probe], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "slurm_bb_job_process" in proc.stderr
+
+
 def test_install_writes_both_files_and_prints_the_slurm_conf_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -490,12 +551,13 @@ def test_install_writes_both_files_and_prints_the_slurm_conf_line(
     assert rc == 0
     out = capsys.readouterr().out
     assert "BurstBufferType=burst_buffer/lua" in out
-    lua = (etc / "burst_buffer.lua").read_text()
+    lua = (etc / "dwsbridge-hooks.lua").read_text()
     assert f'local PYTHON = "{sys.executable}"' in lua
     assert f'local CONFIG = "{config}"' in lua
     assert 'local CONNECT_TIMEOUT = tonumber("1")' in lua and 'local AGENT_TIMEOUT = tonumber("3")' in lua
     assert (etc / "burst_buffer.conf").read_text() == template("burst_buffer.conf")
-    assert stat.S_IMODE((etc / "burst_buffer.lua").stat().st_mode) == 0o644
+    for name in ("burst_buffer.lua", "dwsbridge-hooks.lua"):
+        assert stat.S_IMODE((etc / name).stat().st_mode) == 0o644
 
 
 def test_install_sets_the_agent_timeouts_and_refuses_nonsense(
@@ -505,7 +567,7 @@ def test_install_sets_the_agent_timeouts_and_refuses_nonsense(
 
     args = ["slurm", "install", "--etc", str(tmp_path), "--no-check", "--agent-timeout", "0.5"]
     assert main([*args, "--agent-connect-timeout", "0.25", "--agent-silence-timeout", "12"]) == 0
-    lua = (tmp_path / "burst_buffer.lua").read_text()
+    lua = (tmp_path / "dwsbridge-hooks.lua").read_text()
     assert 'local CONNECT_TIMEOUT = tonumber("0.25")' in lua
     assert 'local AGENT_TIMEOUT = tonumber("0.5")' in lua
     assert 'local SILENCE_TIMEOUT = tonumber("12")' in lua

@@ -55,7 +55,8 @@ class Cluster(LocalSlurmCluster):
 
     @property
     def lua(self) -> Path:
-        return self.base / "etc" / "burst_buffer.lua"
+        """The hooks' source: burst_buffer.lua loads it (its compiled form only while it is unchanged)."""
+        return self.base / "etc" / "dwsbridge-hooks.lua"
 
     def hooks_since(self, mark: int) -> list[tuple[str, str, str, float, str, str]]:
         found = []
@@ -336,7 +337,8 @@ def test_killing_the_agent_mid_answer_falls_back_and_the_job_completes(cluster: 
 def test_without_lua_socket_hooks_relay_to_the_agent_through_a_process(cluster: Cluster) -> None:
     installed = cluster.lua.read_text()
     assert 'local SOCKET_MODULE = "socket.unix"' in installed
-    # Slurm loads burst_buffer.lua again for every hook: a module that cannot be found is "missing".
+    # Slurm loads burst_buffer.lua again for every hook, and it loads the edited source (no longer the
+    # size the compiled hooks were made from): a module that cannot be found is "missing".
     cluster.lua.write_text(installed.replace('"socket.unix"', '"socket.unix_not_installed"'))
     cluster.calls.unlink(missing_ok=True)
     mark = len(cluster.log_lines())
