@@ -28,7 +28,6 @@ Semantics (see BENCHMARKS.md for speed):
   directory modes and times are applied last, only when everything else succeeded.
 """
 
-from copyoffload.mover.child import copy_as_user
 from copyoffload.mover.model import (
     DEFAULT_OPTIONS,
     CopyCancelled,
@@ -40,6 +39,11 @@ from copyoffload.mover.model import (
     default_workers,
 )
 from copyoffload.mover.tree import copy_tree
+
+# Not typing.TYPE_CHECKING: importing typing would cost the mover's child process several ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from copyoffload.mover.child import copy_as_user
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -53,3 +57,13 @@ __all__ = [
     "copy_tree",
     "default_workers",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`copy_as_user` (the parent side: subprocess, threads) loads on first use, so the mover's own child
+    process, which imports this package, never imports it."""
+    if name == "copy_as_user":
+        from copyoffload.mover.child import copy_as_user
+
+        return copy_as_user
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,6 @@ With --json-progress, stdout carries the JSON-lines protocol `copy_as_user` read
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -14,18 +13,86 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
+from types import FrameType, SimpleNamespace
 
 from copyoffload.mover.model import CopyCancelled, CopyError, CopyOptions, Progress, S3Options
 from copyoffload.mover.tree import copy_tree
 from copyoffload.privileges import PrivilegeError, verify_dropped
 from copyoffload.s3options import S3_OPTIONS_ENV
 
+# Not typing.TYPE_CHECKING: importing typing would cost every copy's child process several ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
 Emit = Callable[[dict[str, object]], None]
+
+# Each option that takes a value, with the type argparse gives it. The argv `child_argv` writes (every
+# copy_as_user) is read with this table, not argparse, which with the shutil, gettext and locale it loads
+# costs each copy ~5 ms; tests/test_mover_startup.py holds the table to `_parser()`.
+_VALUED: dict[str, Callable[[str], object]] = {
+    "--workers": int,
+    "--bwlimit": int,
+    "--progress-interval": float,
+    "--chunk-size": int,
+    "--atomic-min-size": int,
+    "--s3-options": str,
+    "--expect-uid": int,
+    "--expect-gid": int,
+}
+_SWITCHES = ("--dry-run", "--json-progress", "--no-preserve-owner")
+
+
+def _defaults() -> dict[str, object]:
+    options = CopyOptions()
+    return {
+        "workers": options.workers,
+        "bwlimit": options.bwlimit,
+        "progress_interval": options.progress_interval,
+        "chunk_size": options.chunk_size,
+        "atomic_min_size": options.atomic_min_size,
+        "s3_options": None,
+        "expect_uid": None,
+        "expect_gid": None,
+        "dry_run": False,
+        "json_progress": False,
+        "no_preserve_owner": False,
+    }
+
+
+def _parse_args(argv: list[str]) -> SimpleNamespace:
+    return _parse_plain(argv) or SimpleNamespace(**vars(_parser().parse_args(argv)))
+
+
+def _parse_plain(argv: list[str]) -> SimpleNamespace | None:
+    """`SRC DEST` then whole `--name value` and `--switch` options, as argparse reads them; None for
+    anything else (--help, a mistake, an abbreviation, a value like an option), which argparse judges."""
+    if len(argv) < 2 or any(arg.startswith("-") for arg in argv[:2]):
+        return None
+    values = _defaults() | {"src": argv[0], "dest": argv[1]}
+    rest = iter(argv[2:])
+    for flag in rest:
+        if flag in _SWITCHES:
+            values[_dest(flag)] = True
+            continue
+        kind = _VALUED.get(flag)
+        value = next(rest, None)
+        if kind is None or value is None or value.startswith("-"):
+            return None
+        try:
+            values[_dest(flag)] = kind(value)
+        except ValueError:
+            return None
+    return SimpleNamespace(**values)
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")  # argparse's attribute name for an option
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = CopyOptions()
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="python -m copyoffload.mover",
         description="Copy like cp -a, in parallel. SRC or DEST may be s3://BUCKET/KEY (a key ending in / "
@@ -34,22 +101,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src")
     p.add_argument("dest")
-    p.add_argument("--workers", type=int, default=defaults.workers)
+    p.add_argument("--workers", type=int)
     p.add_argument("--dry-run", action="store_true", help="walk and count; write nothing")
-    p.add_argument("--bwlimit", type=int, default=0, metavar="BYTES", help="bytes per second (0: unlimited)")
+    p.add_argument("--bwlimit", type=int, metavar="BYTES", help="bytes per second (0: unlimited)")
     p.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (progress, result)")
-    p.add_argument("--progress-interval", type=float, default=defaults.progress_interval)
-    p.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help=argparse.SUPPRESS)
-    p.add_argument("--atomic-min-size", type=int, default=defaults.atomic_min_size, help=argparse.SUPPRESS)
+    p.add_argument("--progress-interval", type=float)
+    p.add_argument("--chunk-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--atomic-min-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--no-preserve-owner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--s3-options", metavar="JSON", help="s3:// settings (endpoint_url, max_concurrency, ...)")
     p.add_argument("--expect-uid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--expect-gid", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(**_defaults())
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
     cancel = threading.Event()
     emit = _json_emitter(on_reader_gone=cancel.set) if args.json_progress else _text_emitter()
     if args.expect_uid is not None:
@@ -162,12 +230,11 @@ def _text_emitter() -> Emit:
 
 
 def _exit(code: int) -> None:
-    """Exit now even if abandoned S3 requests still hold threads (a cancel must not wait for them)."""
-    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if not lingering:
-        sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """Exit without interpreter teardown: it costs every copy a few ms, and abandoned S3 requests may still
+    hold threads (a cancel must not wait for them). Nothing is left to clean up but the output buffers."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(code)
 
 

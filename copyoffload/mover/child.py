@@ -1,6 +1,6 @@
 """`copy_as_user`: the copy runs in a child process (its own process group) as the job's user.
 
-Protocol: the child (`python -m copyoffload.mover SRC DEST --json-progress`) writes one JSON object per
+Protocol: the child (`python [-S] -m copyoffload.mover SRC DEST --json-progress`) writes one JSON object per
 line on stdout: `{"event": "progress", ...}`, then `{"event": "result", ...}` or
 `{"event": "error", "kind": "copy"|"cancelled", "message": ...}`.
 """
@@ -32,6 +32,7 @@ from copyoffload.mover.model import (
 from copyoffload.pipes import OVERLONG, bounded_lines
 from copyoffload.privileges import COPY_UMASK, credentials_for, running_as_root
 from copyoffload.s3options import S3_OPTIONS_ENV
+from copyoffload.s3url import is_s3_url
 
 # After SIGTERM the child removes its partial files and exits; after this long it gets SIGKILL.
 TERM_GRACE_SECONDS = 2.0
@@ -89,7 +90,10 @@ def copy_as_user(
 
 
 def child_argv(src: str, dest: str, options: CopyOptions) -> list[str]:
-    argv = [sys.executable, "-m", "copyoffload.mover", src, dest, "--json-progress"]
+    """`-S` (no site-packages, ~15 ms less start-up) unless an s3:// side needs boto3: a local copy needs
+    only the standard library and the checkout, which `_child_env` puts on PYTHONPATH."""
+    python = [sys.executable] if is_s3_url(src) or is_s3_url(dest) else [sys.executable, "-S"]
+    argv = [*python, "-m", "copyoffload.mover", src, dest, "--json-progress"]
     argv += ["--workers", str(options.workers), "--progress-interval", str(options.progress_interval)]
     argv += ["--chunk-size", str(options.chunk_size), "--atomic-min-size", str(options.atomic_min_size)]
     if options.bwlimit:

@@ -1,7 +1,8 @@
 """`copy_tree`: a streamed walk feeding a pool of copy workers, as the calling process.
 
 A directory tree is copied by forked worker processes (pool.py: no GIL between files); a single file, a
-dry run, or a copy with `bwlimit` (one shared pacing schedule) uses threads in this process.
+dry run, or a copy with `bwlimit` (one shared pacing schedule) uses threads in this process. pool.py (and
+multiprocessing) is imported only when a pool is started: a single-file copy's child starts without it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ from copyoffload.mover.model import (
     Progress,
     os_failure,
 )
-from copyoffload.mover.pool import TASK_NAME_BYTES, TASK_NAMES, Pool, WorkerConfig, WorkerDied
 from copyoffload.s3url import is_s3_url
+
+# Not typing.TYPE_CHECKING: importing typing would cost the mover's child process several ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from copyoffload.mover.pool import Pool
 
 _BATCH_FILES = 64
 _BATCH_BYTES = 64 * 1024 * 1024
@@ -109,6 +114,8 @@ class _TreeCopy:
         target = resolve_target(self.src, self.dest)
         self._check_target(st, target)
         if stat.S_ISDIR(st.st_mode) and not self.options.dry_run and not self.options.bwlimit:
+            from copyoffload.mover.pool import Pool, WorkerConfig
+
             pool = Pool(
                 self.options.workers,
                 WorkerConfig(
@@ -239,6 +246,8 @@ class _TreeCopy:
         return self._result()
 
     def _walk(self, target: str) -> None:
+        from copyoffload.mover.pool import TASK_NAME_BYTES, TASK_NAMES
+
         stack = [(self.src, target)]
         while stack:
             src_dir, dest_dir = stack.pop()
@@ -282,6 +291,8 @@ class _TreeCopy:
 
     def _pump(self, timeout: float) -> None:
         """Apply the workers' messages; raise the first error; report progress; honour cancellation."""
+        from copyoffload.mover.pool import WorkerDied
+
         try:
             messages = self.pool.pump(timeout)
         except WorkerDied as exc:
