@@ -470,8 +470,8 @@ What the bridge adds is the stage-in hooks' time (setup, data_in, real_size: ~0.
 slurmscriptd's own ~14 ms per call), which decides whether the next pass catches the job, plus
 post_run, data_out and teardown after it. Where a submission falls in the second moves a #DW job's
 wall time by up to a second, so the jobs are submitted at random points of it and the mean is
-reported (a median of a few back-to-back runs measures their phase: the 2026-11-23 table's 0.22 s was
-such a run, and that commit measured this way gives about 1.1 s, see `--compare`).
+reported (a median of a few back-to-back runs measures their phase: the 2026-11-23 table's 0.22 s for
+e31ed02 was such a run; that commit measured this way is the `--compare` row).
 """
     print(section)
     if not args.no_write:
