@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	# Compiled once here: hook, mover and server processes (some as job users, who cannot write
+	# __pycache__) would otherwise compile the project's modules at every start.
+	$(PY) -m compileall -q dwsbridge copyoffload nnfdm
 	touch $@
 
 # Debian packages for the real-Slurm tests and kubectl; only when root, only what is missing.
