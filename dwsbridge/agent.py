@@ -392,6 +392,7 @@ class Agent:
             while not self._stopping.wait(STOP_POLL):
                 pass
         finally:
+            self._stopping.set()  # also when serving ended by an exception: acceptors must not retry
             with contextlib.suppress(OSError):  # wakes every thread blocked in accept() (Linux)
                 listener.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
