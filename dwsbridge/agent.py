@@ -161,7 +161,6 @@ class Agent:
         self._active = 0
         self._idle = threading.Condition(self._lock)
         self._waiting = 0  # acceptor threads blocked in accept()
-        self._acceptors = 0  # acceptor threads alive
 
     # --- configuration --------------------------------------------------------------------------
     def served(self) -> Served:
@@ -406,7 +405,6 @@ class Agent:
         """One more thread waiting in accept(); counted as waiting before it starts, so that two
         busy acceptors never both think the pool has a spare."""
         with self._lock:
-            self._acceptors += 1
             self._waiting += 1
         threading.Thread(target=self._accept_loop, args=(listener,), name="hook", daemon=True).start()
 
@@ -420,7 +418,6 @@ class Agent:
                 if self._stopping.is_set():
                     with self._lock:
                         self._waiting -= 1
-                        self._acceptors -= 1
                     return
                 _stderr_line(f"dwsbridge agent: accept: {exc}")
                 time.sleep(0.1)
@@ -434,7 +431,6 @@ class Agent:
             self.handle(conn)
             with self._lock:
                 if self._waiting >= SPARE_ACCEPTORS or self._stopping.is_set():
-                    self._acceptors -= 1
                     return
                 self._waiting += 1
 

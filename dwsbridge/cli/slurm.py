@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -50,7 +51,7 @@ HOOKS_LUAC = "dwsbridge-hooks.luac"
 HOOKS_PLACEHOLDER = "@DWSBRIDGE_HOOKS@"
 HOOKS_COMPILED_PLACEHOLDER = "@DWSBRIDGE_HOOKS_COMPILED@"
 HOOKS_SIZE_PLACEHOLDER = "@DWSBRIDGE_HOOKS_SIZE@"
-LUA_COMPILERS = ("luac5.1",)  # Debian package lua5.1: the Lua Slurm 22.05 links (liblua5.1)
+LUA_COMPILER = "luac5.1"  # Debian package lua5.1: the Lua Slurm 22.05 links (liblua5.1)
 
 INSTALL_EPILOG = f"""\
 examples:
@@ -249,17 +250,6 @@ def render_loader(hooks: str, compiled: str | None, source_size: int | None) -> 
     return text.replace(HOOKS_SIZE_PLACEHOLDER, "" if source_size is None else str(source_size))
 
 
-def lua_compiler() -> str | None:
-    """Lua 5.1's compiler, when installed (bytecode is specific to a Lua version and build)."""
-    import shutil
-
-    for name in LUA_COMPILERS:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 def compile_lua(compiler: str, source: Path, output: Path) -> str | None:
     """Compile `source` into `output` (written whole, then renamed); why not, or None when done.
     Debug information is kept: a Lua error still names its line."""
@@ -393,17 +383,15 @@ def cmd_install(args: argparse.Namespace) -> int:
     ):
         written.append(_write(etc / name, text, mode))
     hooks = (etc / HOOKS_LUA).absolute()
-    compiler = lua_compiler()
-    why_not = compile_lua(compiler, hooks, hooks.with_name(HOOKS_LUAC)) if compiler else "no luac5.1"
+    compiled = hooks.with_name(HOOKS_LUAC)
+    compiler = shutil.which(LUA_COMPILER)  # bytecode is specific to a Lua version and build
+    why_not = compile_lua(compiler, hooks, compiled) if compiler else f"no {LUA_COMPILER}"
     if why_not is None:
-        written.append(hooks.with_name(HOOKS_LUAC))
+        written.append(compiled)
+        loader = render_loader(str(hooks), str(compiled), hooks.stat().st_size)
     else:
-        hooks.with_name(HOOKS_LUAC).unlink(missing_ok=True)  # never one compiled from an older source
-    loader = render_loader(
-        str(hooks),
-        None if why_not else str(hooks.with_name(HOOKS_LUAC)),
-        None if why_not else hooks.stat().st_size,
-    )
+        compiled.unlink(missing_ok=True)  # never one compiled from an older source
+        loader = render_loader(str(hooks), None, None)
     written.append(_write(etc / "burst_buffer.lua", loader, 0o644))
 
     for path in written:
