@@ -22,7 +22,7 @@ import pytest
 lupa = pytest.importorskip("lupa")
 from lupa import lua51  # noqa: E402
 
-from dwsbridge.cli.slurm import render_loader, render_lua, template  # noqa: E402
+from dwsbridge.cli.slurm import lua_socket_modules, render_loader, render_lua, template  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUCCESS, ERROR = 0, -1
@@ -588,6 +588,69 @@ def test_lua_socket_is_found_where_slurms_lua_looks(tmp_path: Path) -> None:
     assert lua_socket_path(f"{tmp_path}/lib/?.so;;") == str(module)
     found = lua_socket_path("")
     assert found is None or found.endswith("/5.1/socket/unix.so")
+
+
+LUA_SOCKET_PROBE = """
+slurm = {SUCCESS = 0, ERROR = -1}
+function slurm.log_info(fmt, text) print(text) end
+slurm.log_error = slurm.log_info
+dofile(HOOKS)
+local rc, payload = slurm_bb_job_process("/state/job.12/script")
+print("rc", rc, payload)
+print("by require", package.loaded["socket.core"] ~= nil)
+print("kept loaded", debug.getregistry()._LOADLIB.__gc == nil)
+"""
+
+
+@pytest.mark.skipif(
+    not shutil.which("lua5.1") or lua_socket_modules() is None,
+    reason="Debian's lua5.1 and lua-socket (make debs installs them)",
+)
+@pytest.mark.parametrize("found", ["by-path", "moved"])
+def test_hooks_load_lua_socket_from_installs_paths_and_keep_it_loaded(tmp_path: Path, found: str) -> None:
+    """Loaded by the paths install found (no search), else by require; either way the C modules stay
+    loaded after Lua closes the hook's state, and the hook reaches the agent."""
+    import socket
+    import threading
+
+    modules = lua_socket_modules()
+    assert modules is not None
+    if found == "moved":  # lua-socket upgraded to another directory since install
+        modules = (str(tmp_path / "gone" / "core.so"), str(tmp_path / "gone" / "unix.so"))
+    sock_path = str(tmp_path / "agent.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sock_path)
+    listener.listen(1)
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            requests.append(conn.recv(65536))
+            conn.sendall(b"DWSB1 OK\n" + status_line(True, "accepted").encode())
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    hooks = tmp_path / "hooks.lua"
+    hooks.write_text(render_lua("/opt/dwsb/bin/python", None, agent_socket=sock_path, socket_modules=modules))
+    try:
+        proc = subprocess.run(
+            ["lua5.1", "-e", f"HOOKS = {str(hooks)!r}\n" + LUA_SOCKET_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        server.join(timeout=5)
+        listener.close()
+    out = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert requests and requests[0].split(b"\0")[:2] == [b"DWSB1", b"job_process"]
+    assert "rc\t0\taccepted" in out
+    logged = [line for line in out if line.startswith("dwsbridge/lua: job_process job=- rc=success")]
+    assert len(logged) == 1 and logged[0].endswith("via=agent")
+    assert f"by require\t{'true' if found == 'moved' else 'false'}" in out
+    assert "kept loaded\ttrue" in out
 
 
 def test_without_lua_socket_a_hook_relays_to_the_agent_through_a_process() -> None:

@@ -338,8 +338,13 @@ def test_without_lua_socket_hooks_relay_to_the_agent_through_a_process(cluster: 
     installed = cluster.lua.read_text()
     assert 'local SOCKET_MODULE = "socket.unix"' in installed
     # Slurm loads burst_buffer.lua again for every hook, and it loads the edited source (no longer the
-    # size the compiled hooks were made from): a module that cannot be found is "missing".
-    cluster.lua.write_text(installed.replace('"socket.unix"', '"socket.unix_not_installed"'))
+    # size the compiled hooks were made from): a module that is neither where install found it nor
+    # found by require is "missing".
+    missing = installed.replace('"socket.unix"', '"socket.unix_not_installed"')
+    path_setting = r'(local SOCKET_(?:CORE|UNIX)_PATH = )"[^"]*"'
+    missing, paths = re.subn(path_setting, r'\1"/nonexistent/socket.so"', missing)
+    assert paths == 2
+    cluster.lua.write_text(missing)
     cluster.calls.unlink(missing_ok=True)
     mark = len(cluster.log_lines())
     agent_mark = len(cluster.agent_lines())

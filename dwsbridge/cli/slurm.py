@@ -27,6 +27,8 @@ PYTHON_PLACEHOLDER = "@DWSBRIDGE_PYTHON@"
 CONFIG_PLACEHOLDER = "@DWSBRIDGE_CONFIG@"
 AGENT_SOCKET_PLACEHOLDER = "@DWSBRIDGE_AGENT_SOCKET@"
 LAUNCHER_PLACEHOLDER = "@DWSBRIDGE_LAUNCHER@"
+SOCKET_CORE_PLACEHOLDER = "@DWSBRIDGE_SOCKET_CORE@"
+SOCKET_UNIX_PLACEHOLDER = "@DWSBRIDGE_SOCKET_UNIX@"
 TIMEOUT_PLACEHOLDERS = {
     "connect": "@DWSBRIDGE_AGENT_CONNECT_TIMEOUT@",
     "answer": "@DWSBRIDGE_AGENT_TIMEOUT@",
@@ -42,6 +44,7 @@ LUA_CPATH = (
     "/usr/lib/lua/5.1/?.so",
 )
 LUA_SOCKET_MODULE = "socket/unix"
+LUA_SOCKET_CORE = "socket/core"  # socket.unix needs it loaded too
 AGENT_UNIT = "dwsbridge-agent.service"
 # What Slurm loads is a small loader; the hooks are beside it, as source and compiled by Lua 5.1's
 # compiler (Slurm compiles burst_buffer.lua afresh for every hook call: ~0.3 ms for the hooks' source,
@@ -170,17 +173,28 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def lua_socket_path(cpath: str | None = None) -> str | None:
-    """The lua-socket module Slurm's Lua 5.1 would load (`$LUA_CPATH_5_1`/`$LUA_CPATH` first, as
-    Lua does), or None when it is not installed."""
+def lua_module_path(module: str, cpath: str | None = None) -> str | None:
+    """The C module (`socket/unix`) Slurm's Lua 5.1 would load (`$LUA_CPATH_5_1`/`$LUA_CPATH` first,
+    as Lua does), or None when it is not installed."""
     if cpath is None:
         cpath = os.environ.get("LUA_CPATH_5_1") or os.environ.get("LUA_CPATH") or ""
     templates = [t for t in cpath.split(";") if t and t != ";;"] + list(LUA_CPATH)
     for pattern in templates:
-        candidate = pattern.replace("?", LUA_SOCKET_MODULE)
+        candidate = pattern.replace("?", module)
         if os.path.isfile(candidate):
             return candidate
     return None
+
+
+def lua_socket_path(cpath: str | None = None) -> str | None:
+    """lua-socket's `socket.unix` as Slurm's Lua would load it, or None when it is not installed."""
+    return lua_module_path(LUA_SOCKET_MODULE, cpath)
+
+
+def lua_socket_modules(cpath: str | None = None) -> tuple[str, str] | None:
+    """(core, unix): the paths of lua-socket's two C modules burst_buffer.lua loads, or None."""
+    core, unix = lua_module_path(LUA_SOCKET_CORE, cpath), lua_module_path(LUA_SOCKET_MODULE, cpath)
+    return (core, unix) if core and unix else None
 
 
 def check_socket_directory(socket_path: str) -> None:
@@ -232,8 +246,14 @@ def render_lua(
     agent_socket: str | None = None,
     launcher: str | None = None,
     timeouts: dict[str, float] | None = None,
+    socket_modules: tuple[str, str] | None = None,
 ) -> str:
+    """The hooks' source with the settings filled in; `socket_modules` are lua-socket's (core, unix)
+    C modules (None: the hooks find them with require)."""
     text = template("burst_buffer.lua")
+    core, unix = socket_modules or ("", "")
+    text = text.replace(SOCKET_CORE_PLACEHOLDER, lua_string_body(core))
+    text = text.replace(SOCKET_UNIX_PLACEHOLDER, lua_string_body(unix))
     for key, seconds in {**DEFAULT_TIMEOUTS, **(timeouts or {})}.items():
         text = text.replace(TIMEOUT_PLACEHOLDERS[key], f"{seconds:g}")
     text = text.replace(PYTHON_PLACEHOLDER, lua_string_body(python))
@@ -359,6 +379,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         if not args.no_check:
             check_launcher(python, launcher)
 
+    socket_modules = lua_socket_modules() if agent_socket is not None else None
     written = []
     env_dir = default_env_dir(config)
     for name, text, mode in (
@@ -374,6 +395,7 @@ def cmd_install(args: argparse.Namespace) -> int:
                     "answer": args.agent_timeout,
                     "silence": args.agent_silence_timeout,
                 },
+                socket_modules=socket_modules,
             ),
             0o644,
         ),
@@ -416,10 +438,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"  {command}")
         unit = etc.absolute() / AGENT_UNIT
         print(f"  or: cp {unit} /etc/systemd/system/ && systemctl enable --now dwsbridge-agent")
-        module = lua_socket_path()
-        if module:
+        if socket_modules:
             print(
-                f"lua-socket: present ({module}): hooks talk to the agent from Lua, no process per hook "
+                f"lua-socket: present ({socket_modules[1]}): hooks talk to the agent from Lua, no "
+                "process per hook "
                 f"(timeouts: connect {args.agent_connect_timeout:g}s, job_process/pools/paths "
                 f"{args.agent_timeout:g}s, silence {args.agent_silence_timeout:g}s)"
             )

@@ -9,7 +9,10 @@ dwsbridge Python package. Written for Lua 5.1 (what Slurm 22.05 links).
 
 Bridge agent: with AGENT_SOCKET set, every hook goes to the long-running
 `dwsbridge agent` over that Unix socket, from Lua itself, through Debian's
-lua-socket (`require("socket.unix")`): no process is started. The request is
+lua-socket (`socket.unix`): no process is started. Its two C modules are loaded
+from the paths install found (else with require), and kept loaded: Lua would
+unload them when Slurm closes the hook's Lua state, and mapping them again cost
+~0.15 ms of each job_process (BENCHMARKS.md "Slurm"). The request is
 NUL-separated fields "DWSB1", hook, the number of environment entries, the
 entries ("KEY=VALUE", among them DWSBRIDGE_DEADLINE: the time after which the
 agent must not start it), then the hook's arguments; the reply is "DWSB1 OK\n"
@@ -59,6 +62,9 @@ local CONNECT_TIMEOUT = tonumber("@DWSBRIDGE_AGENT_CONNECT_TIMEOUT@") or 1
 local AGENT_TIMEOUT = tonumber("@DWSBRIDGE_AGENT_TIMEOUT@") or 3
 local SILENCE_TIMEOUT = tonumber("@DWSBRIDGE_AGENT_SILENCE_TIMEOUT@") or 30
 local SOCKET_MODULE = "socket.unix"
+-- lua-socket's C modules where install found them ("" or "@...@": found by require).
+local SOCKET_CORE_PATH = "@DWSBRIDGE_SOCKET_CORE@"
+local SOCKET_UNIX_PATH = "@DWSBRIDGE_SOCKET_UNIX@"
 
 local unpack = unpack or table.unpack -- Lua 5.1 has the global; 5.2+ moved it
 
@@ -93,14 +99,47 @@ local function as_text(value)
 	return ""
 end
 
+-- lua-socket's unix and core modules (nil when they cannot be loaded). By path first: that skips
+-- require's search of package.path and package.cpath; a path that no longer holds them (lua-socket
+-- moved) falls back to require.
+local function load_lua_socket()
+	if is_set(SOCKET_CORE_PATH, "DWSBRIDGE_SOCKET_CORE") and is_set(SOCKET_UNIX_PATH, "DWSBRIDGE_SOCKET_UNIX") then
+		local open_core = package.loadlib(SOCKET_CORE_PATH, "luaopen_socket_core")
+		local open_unix = open_core and package.loadlib(SOCKET_UNIX_PATH, "luaopen_socket_unix")
+		if open_unix then
+			local has_core, core = pcall(open_core, "socket.core")
+			local ok, unix = pcall(open_unix, SOCKET_MODULE)
+			if has_core and ok then
+				return unix, core
+			end
+		end
+	end
+	local ok, unix = pcall(require, SOCKET_MODULE)
+	local has_core, core = pcall(require, "socket.core")
+	if ok and has_core then
+		return unix, core
+	end
+end
+
+-- Slurm closes this Lua state after the hook, and Lua 5.1 then unloads (dlclose) every C module it
+-- loaded: the next hook would map lua-socket again. Without the finaliser of the state's library
+-- handles the modules stay mapped for the life of the process (its memory does not grow).
+local function keep_c_modules_loaded()
+	local registry = debug and debug.getregistry and debug.getregistry()
+	local handles = registry and registry._LOADLIB -- Lua 5.1's metatable of C library handles
+	if type(handles) == "table" then
+		handles.__gc = nil
+	end
+end
+
 -- lua-socket, when the agent is configured and the module is installed (nil otherwise).
 local agent_socket, socket_clock
 if is_set(AGENT_SOCKET, "DWSBRIDGE_AGENT_SOCKET") then
-	local ok, unix = pcall(require, SOCKET_MODULE)
-	local has_core, core = pcall(require, "socket.core")
-	if ok and has_core and (type(unix) == "table" or type(unix) == "function") then
+	local unix, core = load_lua_socket()
+	if (type(unix) == "table" or type(unix) == "function") and type(core) == "table" then
 		agent_socket = unix
 		socket_clock = core.gettime
+		keep_c_modules_loaded()
 	end
 end
 
