@@ -24,6 +24,7 @@ Figures go into BENCHMARKS.md, section "## Slurm" (other sections are left alone
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import pwd
@@ -78,6 +79,8 @@ class Bench:
         }
         self.work = base / "jobs" / "bench"
         self.lua = base / "etc" / "burst_buffer.lua"
+        self.dw_jobs: list[str] = []  # the measured jobs of the last job_walls, for their timelines
+        self.plain_jobs: list[str] = []
 
     def cluster(self, action: str) -> None:
         subprocess.run([str(self.script), action], env=self.env, check=True, timeout=180)
@@ -147,6 +150,7 @@ class Bench:
     def job_wall(self, name: str, dw: bool) -> float:
         start = time.perf_counter()
         job = self.sbatch(name)
+        (self.dw_jobs if dw else self.plain_jobs).append(job)
         while True:
             state = self.run("squeue", "-h", "-t", "all", "-j", job, "-o", "%T", check=False).stdout.strip()
             if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
@@ -163,6 +167,8 @@ class Bench:
         """(#DW job, plain job) wall times, interleaved, each started at a random point of the cycle."""
         self.job_wall("plain.sh", dw=False)  # warm up
         self.job_wall("dwcopy.sh", dw=True)
+        self.dw_jobs.clear()
+        self.plain_jobs.clear()
         dw, plain = [], []
         for _ in range(repeats):
             time.sleep(rng.random())
@@ -170,6 +176,25 @@ class Bench:
             time.sleep(rng.random())
             plain.append(self.job_wall("plain.sh", dw=False))
         return dw, plain
+
+    def timelines(self, jobs: list[str]) -> dict[str, dict[str, float]]:
+        """Each job's moments as slurmctld logged them (DebugFlags=BurstBuffer), in seconds."""
+        wanted = set(jobs)
+        found: dict[str, dict[str, float]] = {job: {} for job in jobs}
+        with open(self.base / "log" / "slurmctld.log", encoding="utf-8", errors="replace") as log:
+            for line in log:
+                match = TIMELINE_LINE.match(line)
+                if not match:
+                    continue
+                stamp, text = match.groups()
+                job_match = re.search(r"JobId=(\d+)", text)
+                if not job_match or job_match.group(1) not in wanted:
+                    continue
+                for event, marker in TIMELINE_EVENTS:
+                    if marker in text:
+                        moment = datetime.datetime.fromisoformat(stamp).timestamp()
+                        found[job_match.group(1)].setdefault(event, moment)
+        return found
 
     # 3. job_process latency -----------------------------------------------------------------------
     def job_process_direct(self, agent: bool, runs: int = 41) -> tuple[float, float]:
@@ -259,6 +284,40 @@ class Bench:
         }
 
 
+TIMELINE_LINE = re.compile(r"\[(\d{4}-\d\d-\d\dT[\d:.]+)\] (.*)")
+# (event, what slurmctld logs at it); the first match of each counts.
+TIMELINE_EVENTS = (
+    ("submit", "_slurm_rpc_submit_batch_job: JobId="),
+    ("stage_in", "start job allocate JobId="),
+    ("staged_in", "Setup/stage-in complete for JobId="),
+    ("start", "sched: Allocate JobId="),
+    ("start", "_start_job: Started JobId="),
+    ("launched", "Configuration for JobId="),
+    ("end", "_job_complete: JobId="),
+    ("torn_down", "from teardown to complete"),
+)
+
+
+def where_it_goes(dw: dict[str, dict[str, float]], plain: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean seconds of each part of a #DW job's wall time that a plain job does not have."""
+
+    def mean(values: list[float]) -> float:
+        return statistics.mean(values) if values else float("nan")
+
+    def part(jobs: dict[str, dict[str, float]], first: str, last: str) -> float:
+        return mean([t[last] - t[first] for t in jobs.values() if first in t and last in t])
+
+    return {
+        # both wait for Slurm's first pass after submission; a plain job starts at it
+        "first_pass_dw": part(dw, "submit", "stage_in"),
+        "first_pass_plain": part(plain, "submit", "start"),
+        "stage_in": part(dw, "stage_in", "staged_in"),  # setup, data_in, real_size
+        "next_pass": part(dw, "staged_in", "start"),  # Slurm starts it at its next pass after stage-in
+        "pre_run": part(dw, "start", "launched"),  # paths and pre_run (a plain job has no prolog)
+        "stage_out": part(dw, "end", "torn_down"),  # post_run, data_out, teardown
+    }
+
+
 def describe(checkout: Path) -> str:
     """The checkout's commit (short), or its path when git cannot say."""
     proc = subprocess.run(
@@ -282,7 +341,7 @@ def main() -> int:
     parser.add_argument(
         "--repeats", type=int, default=12, help="single-job wall-time runs, random phase (default 12)"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="submit-rate rounds per plugin (default 5)")
+    parser.add_argument("--rounds", type=int, default=9, help="submit-rate rounds per plugin (default 9)")
     parser.add_argument(
         "--compare",
         metavar="CHECKOUT",
@@ -310,9 +369,11 @@ def main() -> int:
         # ratio reported is the median of the per-round ratios.
         rates: dict[str, list[float]] = {"plugin": [], "plugin-distinct": [], "noop": [], "noop-distinct": []}
         inside: dict[str, list[float]] = {"plugin": [], "noop": []}  # job_process ms, slurmctld's figure
-        for _ in range(args.rounds):
+        for round_number in range(args.rounds):
+            # ABBA: every other round measures the no-op plugin first, so drift favours neither
+            order = (("plugin", real_lua), ("noop", NOOP_LUA))
             for distinct in (False, True):
-                for plugin, text in (("plugin", real_lua), ("noop", NOOP_LUA)):
+                for plugin, text in order if round_number % 2 == 0 else order[::-1]:
                     bench.lua.write_text(text)  # Slurm reloads burst_buffer.lua on every call
                     bench.submit_rate(3)  # warm up
                     key = f"{plugin}-distinct" if distinct else plugin
@@ -335,6 +396,7 @@ def main() -> int:
         )
 
         dw, plain = bench.job_walls(args.repeats, random.Random(1))
+        parts = where_it_goes(bench.timelines(bench.dw_jobs), bench.timelines(bench.plain_jobs))
         jp_wall, jp_cpu = bench.job_process_direct(agent=True)
         bench.cluster("agent-stop")
         dw_inproc, plain_inproc = bench.job_walls(args.repeats, random.Random(1))
@@ -392,6 +454,15 @@ def main() -> int:
             f"overhead {overhead:.2f} s < 1 s: {goal(overhead < 1.0)}",
         ),
         (
+            "Where the #DW job's time goes (means, from slurmctld's log)",
+            f"Slurm's next pass after stage-in {parts['next_pass']:.2f} s; stage-in "
+            f"{parts['stage_in']:.3f} s; pre_run {parts['pre_run']:.3f} s; stage-out and teardown "
+            f"{parts['stage_out']:.3f} s",
+            f"first pass after submission: #DW {parts['first_pass_dw']:.2f} s, plain "
+            f"{parts['first_pass_plain']:.2f} s",
+            "",
+        ),
+        (
             "Same job with the agent stopped (every hook in-process)",
             f"{statistics.mean(dw_inproc):.2f} s",
             f"overhead {overhead_inproc:.2f} s",
@@ -441,8 +512,8 @@ Real single-node Slurm 22.05 (`testenv/slurm-cluster`), local backend, {os.cpu_c
 {platform.python_implementation()} {platform.python_version()} from the repository's editable `.venv`.
 Measured by `.venv/bin/python -m bench.bench_slurm` on {time.strftime("%Y-%m-%d")};
 jobs submitted as an ordinary user.
-Submit rates: medians of {args.rounds} rounds alternating the two plugins; ratio = median of the
-per-round ratios (the machine is shared with other work).
+Submit rates: medians of {args.rounds} rounds alternating the two plugins (which goes first
+alternates too); ratio = median of the per-round ratios (the machine is shared with other work).
 
 | What | dwsbridge | Reference | Goal |
 | --- | --- | --- | --- |
