@@ -523,27 +523,35 @@ job_process runs inside slurmctld for every submission, and slurmctld waits for 
 hands it to the bridge agent over its Unix socket from Lua (Debian's lua-socket): no process is
 started; slurmctld's own figure (`ran for usec`, which includes loading burst_buffer.lua and
 lua-socket) is the one in the table. burst_buffer.lua is a small loader of the hooks compiled by
-luac5.1 (compiling their source took ~0.3 ms a call); the agent serves from threads already waiting
-in accept() and validates a script in ~0.05 ms; the rest is the socket round trip, and on this
-shared 2-core machine waiting for a core (load average {os.getloadavg()[0]:.0f} at the end of this run;
-the benchmark and its cluster ran at niceness {os.nice(0)}). There is no header cache any more:
-recording a new header cost ~3.5 ms, more than validating it. Without lua-socket the hook process
-relays to the agent (`python -I -S -c <launcher>`: no `site`, `_socket` only): interpreter start
-plus the relay. Without an agent the hook runs in-process: interpreter and `site` ~20 ms,
-`dwsbridge.directives` with `dataclasses`, `typing`, `re` and PyYAML (the NNF ruleset) ~25 ms.
+luac5.1 (compiling their source took ~0.3 ms a call); lua-socket's C modules are loaded by the paths
+install found and stay loaded (Lua 5.1 unloaded them with every hook's state: mapping them again
+took ~0.12 ms of each job_process); the agent serves from threads already waiting in accept().
+Hot, the agent's whole answer takes ~0.12 ms of CPU (validation ~0.04 ms); between sbatches, ~10 ms
+apart, this VM's CPUs go cold and the same work takes ~0.4-0.5 ms (measured in one process with a
+10 ms sleep before each call), which is most of the round trip. Load average
+{os.getloadavg()[0]:.0f} at the end of this run; the benchmark and its cluster ran at niceness
+{os.nice(0)}. There is no header cache: recording a new header cost ~3.5 ms, more than validating
+it. Without lua-socket the hook process relays to the agent (`python -I -S -c <launcher>`: no
+`site`, `_socket` only): interpreter start plus the relay. Without an agent the hook runs
+in-process: interpreter and `site` ~20 ms, `dwsbridge.directives` with `dataclasses`, `typing`,
+`re` and PyYAML (the NNF ruleset) ~25 ms.
 
 The load row: {args.load_streams} threads each run `sbatch --hold` of a new script one after another
 while `squeue` runs every 0.25 s; "0 failed" counts every sbatch exit status.
 
 The single-job overhead is mostly Slurm's own scheduling passes (`sched_interval=1`, `bf_interval=1`:
-once a second each, at fixed points of the second): stage-in starts at the first pass after
-submission, and the job at the first pass after stage-in is done; a plain job starts at submission.
-What the bridge adds is the stage-in hooks' time (setup, data_in, real_size: ~0.1 s, a third of it
-slurmscriptd's own ~14 ms per call), which decides whether the next pass catches the job, plus
-post_run, data_out and teardown after it. Where a submission falls in the second moves a #DW job's
-wall time by up to a second, so the jobs are submitted at random points of it and the mean is
-reported (a median of a few back-to-back runs measures their phase: the 2026-11-23 table's 0.22 s for
-e31ed02 was such a run; that commit measured this way is the `--compare` row).
+the main pass and the backfill pass each run once a second, at points of the second that drift
+slowly apart and together): stage-in starts at the first pass after submission, and the job at the
+first pass after stage-in is done, while a plain job starts at the first pass. The "where it goes"
+row reads each job's moments from slurmctld's log: "Slurm's next pass after stage-in" is time no
+hook is running. When the two passes are far apart in the second it is ~0.3-0.5 s; when they are
+closer together than stage-in takes (~0.1 s: setup, data_in, real_size, a third of it slurmscriptd's
+own ~12 ms per call) the job misses the nearer one and waits ~0.9 s, and the overhead is ~1.1 s.
+What the bridge adds itself is stage-in, pre_run, and post_run, data_out and teardown after the job.
+Where a submission falls in the second moves a #DW job's wall time by up to a second, so the jobs
+are submitted at random points of it and the mean is reported (a median of a few back-to-back runs
+measures their phase: the 2026-11-23 table's 0.22 s for e31ed02 was such a run; `--compare` measures
+another checkout the same way).
 """
     print(section)
     if not args.no_write:

@@ -42,6 +42,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
@@ -57,6 +58,7 @@ from dwsbridge.lifecycle import Lifecycle, make_backend
 
 REQUEST_LIMIT = 1 << 20  # bytes; a hook's arguments are a few paths
 REQUEST_TIMEOUT = 10.0  # seconds to receive a request once connected
+_REQUEST_TIMEVAL = struct.pack("@ll", int(REQUEST_TIMEOUT), 0)  # struct timeval, for SO_RCVTIMEO
 STOP_POLL = 0.5  # seconds between checks for a stop request
 SPARE_ACCEPTORS = 4  # idle acceptor threads kept waiting for the next request
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -292,7 +294,6 @@ class Agent:
         with self._idle:
             self._active += 1
         try:
-            conn.settimeout(REQUEST_TIMEOUT)
             request = _read_all(conn)  # read first: closing on unread data resets the connection
             uid = peer_uid(conn)
             if uid != 0:
@@ -307,7 +308,6 @@ class Agent:
                 with contextlib.suppress(OSError):  # an expired request's caller is usually gone
                     conn.sendall(hookclient.REPLY_FALLBACK + reason.encode() + b"\n")
                 return
-            conn.settimeout(None)
             with Heartbeat(conn, enabled=hook not in hookclient.BLOCKING_HOOKS) as heartbeat:
                 try:
                     output = self.run(hook, args, env)
@@ -427,7 +427,6 @@ class Agent:
                 spare_needed = self._waiting == 0
             if spare_needed:
                 self._start_acceptor(listener)
-            conn.settimeout(None)
             self.handle(conn)
             with self._lock:
                 if self._waiting >= SPARE_ACCEPTORS or self._stopping.is_set():
@@ -518,10 +517,19 @@ class Heartbeat:
 
 
 def _read_all(conn: socket.socket) -> bytes:
+    """The whole request (the client shuts its side down after it), within REQUEST_TIMEOUT per read.
+
+    The timeout is the kernel's (SO_RCVTIMEO, one call) on a blocking socket, not Python's (the socket
+    made non-blocking, and a poll() before every read and back): system calls are what an answer
+    costs most when the CPU comes to it cold, between sbatches (BENCHMARKS.md "Slurm")."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _REQUEST_TIMEVAL)
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = conn.recv(65536)
+        try:
+            chunk = conn.recv(65536)
+        except BlockingIOError:  # EAGAIN: SO_RCVTIMEO ran out
+            raise TimeoutError(f"no whole request within {REQUEST_TIMEOUT:g}s") from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

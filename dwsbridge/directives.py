@@ -142,6 +142,8 @@ def format_directive(command: str, args: Mapping[str, str | None]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Rulesets (DWDirectiveRule)
 
+FOUND_KEYS_KEPT = 256  # per command rule: the keys whose ruleDef is remembered
+
 
 @dataclass(frozen=True)
 class RuleDef:
@@ -174,13 +176,17 @@ class CommandRule:
     rule_defs: tuple[RuleDef, ...]
     driver_id: str = ""  # driverLabel, else the DWDirectiveRule's metadata.name
     watch_states: tuple[str, ...] = ()
+    # key -> what find() gave: jobs use the same few keys, and each find is a search per ruleDef
+    _found: dict[str, RuleDef | None] = field(default_factory=dict, compare=False, repr=False)
 
     def find(self, key: str) -> RuleDef | None:
         """The first ruleDef whose key expression is found in `key` (dwdparse's unanchored search)."""
-        for rule in self.rule_defs:
-            if rule.key_re.search(key):
-                return rule
-        return None
+        if key in self._found:
+            return self._found[key]
+        found = next((rule for rule in self.rule_defs if rule.key_re.search(key)), None)
+        if len(self._found) < FOUND_KEYS_KEPT:  # bounded: keys are whatever users write
+            self._found[key] = found
+        return found
 
 
 class RuleSet:
