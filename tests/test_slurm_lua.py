@@ -493,13 +493,16 @@ def test_the_loader_runs_the_compiled_hooks_only_while_their_source_is_unchanged
     source, compiled = tmp_path / "dwsbridge-hooks.lua", tmp_path / "dwsbridge-hooks.luac"
     source.write_text(hook_defining("source"))
     compiled.write_text(hook_defining("compiled"))  # loadfile takes text or bytecode alike
-    size = source.stat().st_size
-    assert loader_answer(render_loader(str(source), str(compiled), size)) == "compiled"
+    size, compiled_size = source.stat().st_size, compiled.stat().st_size
+    assert loader_answer(render_loader(str(source), str(compiled), size, compiled_size)) == "compiled"
     source.write_text(hook_defining("edited source"))  # an admin's edit: another size
-    assert loader_answer(render_loader(str(source), str(compiled), size)) == "edited source"
+    assert loader_answer(render_loader(str(source), str(compiled), size, compiled_size)) == "edited source"
     source.write_text(hook_defining("source"))
-    compiled.write_bytes(b"\x1bLua\x99 not a chunk this Lua can load")
-    assert loader_answer(render_loader(str(source), str(compiled), size)) == "source"
+    compiled.write_text(hook_defining("compiled, then cut short")[: compiled_size - 1])
+    assert loader_answer(render_loader(str(source), str(compiled), size, compiled_size)) == "source"
+    garbage = b"\x1bLua\x99 not a chunk this Lua can load"
+    compiled.write_bytes(garbage)
+    assert loader_answer(render_loader(str(source), str(compiled), size, len(garbage))) == "source"
     assert loader_answer(render_loader(str(source), None, None)) == "source"  # installed without luac
 
 

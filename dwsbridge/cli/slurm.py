@@ -54,6 +54,7 @@ HOOKS_LUAC = "dwsbridge-hooks.luac"
 HOOKS_PLACEHOLDER = "@DWSBRIDGE_HOOKS@"
 HOOKS_COMPILED_PLACEHOLDER = "@DWSBRIDGE_HOOKS_COMPILED@"
 HOOKS_SIZE_PLACEHOLDER = "@DWSBRIDGE_HOOKS_SIZE@"
+HOOKS_COMPILED_SIZE_PLACEHOLDER = "@DWSBRIDGE_HOOKS_COMPILED_SIZE@"
 LUA_COMPILER = "luac5.1"  # Debian package lua5.1: the Lua Slurm 22.05 links (liblua5.1)
 
 INSTALL_EPILOG = f"""\
@@ -262,11 +263,15 @@ def render_lua(
     return text.replace(CONFIG_PLACEHOLDER, lua_string_body(config or ""))
 
 
-def render_loader(hooks: str, compiled: str | None, source_size: int | None) -> str:
-    """burst_buffer.lua: loads `compiled` while `hooks` still has `source_size` bytes, else `hooks`."""
+def render_loader(
+    hooks: str, compiled: str | None, source_size: int | None, compiled_size: int | None = None
+) -> str:
+    """burst_buffer.lua: loads `compiled` (of `compiled_size` bytes) while `hooks` still has
+    `source_size` bytes, else `hooks`."""
     text = template("burst_buffer_loader.lua")
     text = text.replace(HOOKS_PLACEHOLDER, lua_string_body(hooks))
     text = text.replace(HOOKS_COMPILED_PLACEHOLDER, lua_string_body(compiled or ""))
+    text = text.replace(HOOKS_COMPILED_SIZE_PLACEHOLDER, "" if compiled_size is None else str(compiled_size))
     return text.replace(HOOKS_SIZE_PLACEHOLDER, "" if source_size is None else str(source_size))
 
 
@@ -410,7 +415,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     why_not = compile_lua(compiler, hooks, compiled) if compiler else f"no {LUA_COMPILER}"
     if why_not is None:
         written.append(compiled)
-        loader = render_loader(str(hooks), str(compiled), hooks.stat().st_size)
+        loader = render_loader(str(hooks), str(compiled), hooks.stat().st_size, compiled.stat().st_size)
     else:
         compiled.unlink(missing_ok=True)  # never one compiled from an older source
         loader = render_loader(str(hooks), None, None)

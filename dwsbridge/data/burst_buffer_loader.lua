@@ -14,20 +14,40 @@ A compiled file Lua cannot load (another Lua build) is ignored the same way.
 local HOOKS = "@DWSBRIDGE_HOOKS@"
 local COMPILED = "@DWSBRIDGE_HOOKS_COMPILED@"
 local COMPILED_FROM = tonumber("@DWSBRIDGE_HOOKS_SIZE@")
+local COMPILED_SIZE = tonumber("@DWSBRIDGE_HOOKS_COMPILED_SIZE@")
+
+-- Every system call here is paid on every sbatch, and costs most when the CPU comes to it cold, so
+-- the two files are read with as few as stdio allows (BENCHMARKS.md "Slurm").
 
 local function size_of(path)
 	local f = io.open(path, "rb")
 	if not f then
 		return nil
 	end
+	f:setvbuf("no") -- to the end without filling a buffer first
 	local size = f:seek("end")
 	f:close()
 	return size
 end
 
+-- The compiled hooks read whole, then loaded: loadfile would open a compiled file twice and read it in
+-- small pieces. nil when the file is not what install wrote.
+local function load_compiled()
+	local f = io.open(COMPILED, "rb")
+	if not f then
+		return nil
+	end
+	local code = f:read(COMPILED_SIZE)
+	f:close()
+	if not code or #code ~= COMPILED_SIZE then
+		return nil
+	end
+	return loadstring(code, "@" .. HOOKS)
+end
+
 local chunk
-if COMPILED ~= "" and COMPILED_FROM and size_of(HOOKS) == COMPILED_FROM then
-	chunk = loadfile(COMPILED)
+if COMPILED ~= "" and COMPILED_FROM and COMPILED_SIZE and size_of(HOOKS) == COMPILED_FROM then
+	chunk = load_compiled()
 end
 if not chunk then
 	local err
