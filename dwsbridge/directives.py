@@ -177,7 +177,7 @@ class CommandRule:
     driver_id: str = ""  # driverLabel, else the DWDirectiveRule's metadata.name
     watch_states: tuple[str, ...] = ()
     # key -> what find() gave: jobs use the same few keys, and each find is a search per ruleDef
-    _found: dict[str, RuleDef | None] = field(default_factory=dict, compare=False, repr=False)
+    _found: dict[str, RuleDef | None] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def find(self, key: str) -> RuleDef | None:
         """The first ruleDef whose key expression is found in `key` (dwdparse's unanchored search)."""

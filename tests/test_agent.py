@@ -285,6 +285,33 @@ def test_a_request_that_crashes_is_answered_and_the_agent_goes_on(
         theirs.close()
 
 
+@pytest.mark.parametrize("sent", [b"", b"DWSB1\0pools\0"], ids=["nothing", "half a request"])
+def test_a_client_that_connects_and_goes_silent_is_let_go_at_the_read_timeout(
+    world_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sent: bytes
+) -> None:
+    """The read timeout is the kernel's (SO_RCVTIMEO): a silent client costs a thread that long only."""
+    import struct
+    import threading
+
+    from dwsbridge import agent as agent_module
+
+    monkeypatch.delenv("DWSBRIDGE_CONFIG", raising=False)
+    monkeypatch.setattr(agent_module, "REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(agent_module, "_REQUEST_TIMEVAL", struct.pack("@ll", 0, 300_000))
+    served = Agent(world_tmp / "unused.sock")
+    ours, theirs = socket.socketpair()
+    theirs.sendall(sent)  # and never shuts its side down
+    handler = threading.Thread(target=served.handle, args=(ours,), daemon=True)
+    started = time.monotonic()
+    handler.start()
+    handler.join(timeout=10)
+    assert not handler.is_alive(), "the agent still waits for a request that never comes"
+    assert 0.25 <= time.monotonic() - started < 5
+    assert theirs.recv(1000) == hookclient.REPLY_FALLBACK + b"agent error\n"
+    theirs.close()
+    assert "TimeoutError: no whole request within 0.3s" in capsys.readouterr().err
+
+
 def test_sigterm_stops_the_agent_and_removes_its_socket(agent: RunningAgent) -> None:
     assert result(agent.hook("pools"))[0] == 0
     agent.proc.send_signal(signal.SIGTERM)

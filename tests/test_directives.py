@@ -731,3 +731,22 @@ def test_a_site_ruleset_that_knows_pool_keeps_it() -> None:
         "kind: DWDirectiveRule\nspec:\n- command: jobdw\n  ruleDefs:\n  - {key: '^pool$', type: string}\n"
     )
     assert validate_job(["#DW jobdw pool=x"], ruleset=rules)[0].args == {"pool": "x"}
+
+
+def test_a_rule_remembers_what_each_key_found_within_a_bound() -> None:
+    """find() answers from memory for keys it has seen, the same as searching; users' keys are
+    unbounded, so at most FOUND_KEYS_KEPT are kept and later ones are searched every time."""
+    from dwsbridge.directives import FOUND_KEYS_KEPT
+
+    rule = RuleSet.from_yaml(
+        "kind: DWDirectiveRule\nspec:\n- command: jobdw\n  ruleDefs:\n"
+        "  - {key: '^name$', type: string}\n  - {key: 'cap', type: integer}\n"
+    ).rules_for("jobdw")[0]
+    name, cap = rule.rule_defs
+    for _ in range(2):
+        assert rule.find("name") is name and rule.find("capacity") is cap and rule.find("colour") is None
+    for i in range(FOUND_KEYS_KEPT + 50):
+        assert rule.find(f"k{i}") is None
+    assert len(rule._found) == FOUND_KEYS_KEPT
+    assert rule.find("mycap") is cap  # not remembered, still found
+    assert "mycap" not in rule._found

@@ -16,9 +16,11 @@ from dwsbridge.lifecycle import Lifecycle
 from dwsbridge.slurm import (
     BBSTAT_USAGE,
     NOT_DIGITS,
+    SCRIPT_READ,
     HookResult,
     SlurmHooks,
     bbstat_words,
+    read_script,
     run_hook,
     write_result,
 )
@@ -88,6 +90,15 @@ def test_job_process_fails_clearly_on_an_unreadable_script(hooks: SlurmHooks, tm
     result = call(hooks, "job_process", str(tmp_path / "missing"))
     assert not result.ok
     assert "cannot read job script" in result.payload
+
+
+@pytest.mark.parametrize("size", [0, 100, SCRIPT_READ - 1, SCRIPT_READ, SCRIPT_READ + 1, 5 * SCRIPT_READ + 7])
+def test_a_script_is_read_whole_whatever_its_size(tmp_path: Path, size: int) -> None:
+    """Read in SCRIPT_READ pieces; Slurm's trailing NUL is dropped, nothing else."""
+    body = (b"#DW jobdw type=xfs capacity=1GiB name=s pool=dws\n" * (size // 50 + 1))[:size]
+    path = tmp_path / "script"
+    path.write_bytes(body + b"\0")
+    assert read_script(str(path)) == body.decode()
 
 
 # --- pools ----------------------------------------------------------------------------------------------
