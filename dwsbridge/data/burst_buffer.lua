@@ -12,7 +12,7 @@ Bridge agent: with AGENT_SOCKET set, every hook goes to the long-running
 lua-socket (`socket.unix`): no process is started. Its two C modules are loaded
 from the paths install found (else with require), and kept loaded: Lua would
 unload them when Slurm closes the hook's Lua state, and mapping them again cost
-~0.15 ms of each job_process (BENCHMARKS.md "Slurm"). The request is
+~0.12 ms of each job_process (BENCHMARKS.md "Slurm"). The request is
 NUL-separated fields "DWSB1", hook, the number of environment entries, the
 entries ("KEY=VALUE", among them DWSBRIDGE_DEADLINE: the time after which the
 agent must not start it), then the hook's arguments; the reply is "DWSB1 OK\n"

@@ -8,7 +8,8 @@ loads several times faster than it compiles the source (BENCHMARKS.md "Slurm").
 
 The compiled file is used only while dwsbridge-hooks.lua has the size it was compiled from: edit the
 source and it is the source that runs (run `dwsbridge slurm install` again to compile your edit).
-A compiled file Lua cannot load (another Lua build) is ignored the same way.
+A compiled file Lua cannot load (another Lua build), or not of the size install wrote, is ignored
+the same way.
 ]]
 
 local HOOKS = "@DWSBRIDGE_HOOKS@"
