@@ -1,7 +1,8 @@
 """Slurm benchmarks on the real single-node test cluster (testenv/slurm-cluster), local backend.
 
   1. submit rate: 200 held #DW jobs submitted one after another (sbatch runs slurm_bb_job_process inside
-     slurmctld for each), with dwsbridge's burst_buffer.lua and with a no-op one (the limit);
+     slurmctld for each), with dwsbridge's burst_buffer.lua and with a no-op one (the limit), the two
+     alternating every 20 jobs;
   2. wall time of one #DW job (jobdw + copy_in + copy_out, submit to teardown done) vs the same job
      without #DW lines, interleaved, each submitted at a random moment (seeded) of Slurm's 1-second
      scheduling cycle: where a submission falls in it moves a #DW job's wall time by up to a second
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 import pwd
@@ -81,6 +83,7 @@ class Bench:
         }
         self.work = base / "jobs" / "bench"
         self.lua = base / "etc" / "burst_buffer.lua"
+        self.serial = itertools.count()  # distinct scripts' numbers
         self.dw_jobs: list[str] = []  # the measured jobs of the last job_walls, for their timelines
         self.plain_jobs: list[str] = []
 
@@ -141,6 +144,35 @@ class Bench:
         elapsed = time.perf_counter() - start
         self.drain()
         return count / elapsed
+
+    def paired_rates(
+        self, count: int, distinct: bool, plugin_lua: str, *, noop_first: bool = False
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Submit rates of dwsbridge's burst_buffer.lua and the no-op one, `count` held jobs each, in
+        alternating blocks of RATE_BLOCK jobs (ABBA): the machine's drift, which moves a whole round
+        by +-15% here, falls on both alike. Also each plugin's job_process ms from slurmctld's log."""
+        texts = {"plugin": plugin_lua, "noop": NOOP_LUA}
+        elapsed = {"plugin": 0.0, "noop": 0.0}
+        inside: dict[str, list[float]] = {"plugin": [], "noop": []}
+        order = ["noop", "plugin"] if noop_first else ["plugin", "noop"]
+        done = 0
+        while done < count:
+            size = min(RATE_BLOCK, count - done)
+            for plugin in order:
+                self.lua.write_text(texts[plugin])  # Slurm loads burst_buffer.lua again for every call
+                names = [
+                    self.distinct_script(next(self.serial)) if distinct else "dw.sh" for _ in range(size)
+                ]
+                log_start = self.log_size()
+                start = time.perf_counter()
+                for name in names:
+                    self.sbatch(name, "--hold")
+                elapsed[plugin] += time.perf_counter() - start
+                inside[plugin] += self.job_process_usec(log_start, self.log_size())
+            order.reverse()
+            done += size
+        self.drain()
+        return {plugin: count / seconds for plugin, seconds in elapsed.items()}, inside
 
     def distinct_script(self, i: int) -> str:
         name = f"distinct{i}.sh"
@@ -346,6 +378,9 @@ TIMELINE_EVENTS = (
 )
 
 
+RATE_BLOCK = 20  # jobs submitted with one plugin before switching to the other
+
+
 def where_it_goes(dw: dict[str, dict[str, float]], plain: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean seconds of each part of a #DW job's wall time that a plain job does not have."""
 
@@ -417,18 +452,16 @@ def main() -> int:
         # ratio reported is the median of the per-round ratios.
         rates: dict[str, list[float]] = {"plugin": [], "plugin-distinct": [], "noop": [], "noop-distinct": []}
         inside: dict[str, list[float]] = {"plugin": [], "noop": []}  # job_process ms, slurmctld's figure
+        bench.submit_rate(3)  # warm up
         for round_number in range(args.rounds):
-            # ABBA: every other round measures the no-op plugin first, so drift favours neither
-            order = (("plugin", real_lua), ("noop", NOOP_LUA))
             for distinct in (False, True):
-                for plugin, text in order if round_number % 2 == 0 else order[::-1]:
-                    bench.lua.write_text(text)  # Slurm reloads burst_buffer.lua on every call
-                    bench.submit_rate(3)  # warm up
-                    key = f"{plugin}-distinct" if distinct else plugin
-                    start = bench.log_size()
-                    rates[key].append(bench.submit_rate(args.jobs, distinct=distinct))
+                got, times = bench.paired_rates(
+                    args.jobs, distinct, real_lua, noop_first=round_number % 2 == 1
+                )
+                for plugin, rate in got.items():
+                    rates[f"{plugin}-distinct" if distinct else plugin].append(rate)
                     if distinct:
-                        inside[plugin] += bench.job_process_usec(start, bench.log_size())
+                        inside[plugin] += times[plugin]
         bench.lua.write_text(real_lua)
         rate_plugin, rate_distinct = (
             statistics.median(rates["plugin"]),
@@ -570,8 +603,9 @@ Real single-node Slurm 22.05 (`testenv/slurm-cluster`), local backend, {os.cpu_c
 {platform.python_implementation()} {platform.python_version()} from the repository's editable `.venv`.
 Measured by `.venv/bin/python -m bench.bench_slurm` on {time.strftime("%Y-%m-%d")};
 jobs submitted as an ordinary user.
-Submit rates: medians of {args.rounds} rounds alternating the two plugins (which goes first
-alternates too); ratio = median of the per-round ratios (the machine is shared with other work).
+Submit rates: {args.rounds} rounds of {args.jobs} jobs per plugin, the two plugins alternating every
+{RATE_BLOCK} jobs (which goes first alternates too); ratio = median of the per-round ratios (the
+machine is shared with other work).
 
 | What | dwsbridge | Reference | Goal |
 | --- | --- | --- | --- |
