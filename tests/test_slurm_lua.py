@@ -656,6 +656,32 @@ def test_hooks_load_lua_socket_from_installs_paths_and_keep_it_loaded(tmp_path: 
     assert "kept loaded\ttrue" in out
 
 
+def test_only_modules_nobody_but_root_can_replace_are_loaded_by_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path in the hooks is code slurmctld runs: one a user could replace is left to require."""
+    from dwsbridge.cli import main
+    from dwsbridge.cli.slurm import only_root_can_replace
+
+    lib = tmp_path / "lib" / "socket"
+    lib.mkdir(parents=True)
+    for name in ("core.so", "unix.so"):
+        (lib / name).write_bytes(b"")
+    assert not only_root_can_replace(str(lib / "core.so"))  # under /tmp (world-writable) or not root's
+    monkeypatch.setenv("LUA_CPATH", f"{tmp_path}/lib/?.so;;")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    assert main(["slurm", "install", "--etc", str(etc), "--no-check", "--agent-socket", "/run/x/a.sock"]) == 0
+    printed = capsys.readouterr()
+    assert "can be replaced by a user other than root" in printed.err
+    assert f"lua-socket: present ({lib / 'unix.so'})" in printed.out  # there, only not by path
+    hooks = (etc / "dwsbridge-hooks.lua").read_text()
+    assert 'local SOCKET_CORE_PATH = ""' in hooks and 'local SOCKET_UNIX_PATH = ""' in hooks
+    found = lua_socket_modules("")
+    if found is not None and os.geteuid() == 0:  # Debian's lua-socket: root's, symlinks and all
+        assert all(only_root_can_replace(module) for module in found)
+
+
 def test_without_lua_socket_a_hook_relays_to_the_agent_through_a_process() -> None:
     """lupa's Lua has no lua-socket: burst_buffer.lua must start the relay, telling it the socket."""
     shim = Shim(render_lua("/opt/dwsb/bin/python", None, agent_socket="/run/x/agent.sock"))

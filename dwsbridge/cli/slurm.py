@@ -198,6 +198,25 @@ def lua_socket_modules(cpath: str | None = None) -> tuple[str, str] | None:
     return (core, unix) if core and unix else None
 
 
+def only_root_can_replace(path: str) -> bool:
+    """True when `path` (and, through its symlinks, the file it names) and every directory above them
+    are root's and writable by root alone: code slurmctld loads from a path written into the hooks
+    must not be replaceable by anyone else. (A symlink's own mode means nothing; its owner does.)"""
+    for start in {os.path.abspath(path), os.path.realpath(path)}:
+        current = start
+        while True:
+            try:
+                st = os.lstat(current)
+            except OSError:
+                return False
+            if st.st_uid != 0 or (st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)):
+                return False
+            if current == "/":
+                break
+            current = os.path.dirname(current)
+    return True
+
+
 def check_socket_directory(socket_path: str) -> None:
     """Refuse an agent socket another user could put their own socket in place of: burst_buffer.lua
     cannot ask who serves a socket, so no one but root may be able to create one there. Every
@@ -384,7 +403,15 @@ def cmd_install(args: argparse.Namespace) -> int:
         if not args.no_check:
             check_launcher(python, launcher)
 
-    socket_modules = lua_socket_modules() if agent_socket is not None else None
+    found_modules = lua_socket_modules() if agent_socket is not None else None
+    socket_modules = found_modules  # the paths written into the hooks
+    if found_modules and not all(only_root_can_replace(module) for module in found_modules):
+        print(
+            f"dwsbridge: warning: {' or '.join(found_modules)} can be replaced by a user other than "
+            "root: the hooks find lua-socket with require instead of by path",
+            file=sys.stderr,
+        )
+        socket_modules = None
     written = []
     env_dir = default_env_dir(config)
     for name, text, mode in (
@@ -443,9 +470,9 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"  {command}")
         unit = etc.absolute() / AGENT_UNIT
         print(f"  or: cp {unit} /etc/systemd/system/ && systemctl enable --now dwsbridge-agent")
-        if socket_modules:
+        if found_modules:
             print(
-                f"lua-socket: present ({socket_modules[1]}): hooks talk to the agent from Lua, no "
+                f"lua-socket: present ({found_modules[1]}): hooks talk to the agent from Lua, no "
                 "process per hook "
                 f"(timeouts: connect {args.agent_connect_timeout:g}s, job_process/pools/paths "
                 f"{args.agent_timeout:g}s, silence {args.agent_silence_timeout:g}s)"
