@@ -58,7 +58,6 @@ from dwsbridge.lifecycle import Lifecycle, make_backend
 
 REQUEST_LIMIT = 1 << 20  # bytes; a hook's arguments are a few paths
 REQUEST_TIMEOUT = 10.0  # seconds to receive a request once connected
-_REQUEST_TIMEVAL = struct.pack("@ll", int(REQUEST_TIMEOUT), 0)  # struct timeval, for SO_RCVTIMEO
 STOP_POLL = 0.5  # seconds between checks for a stop request
 SPARE_ACCEPTORS = 4  # idle acceptor threads kept waiting for the next request
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -522,7 +521,9 @@ def _read_all(conn: socket.socket) -> bytes:
     The timeout is the kernel's (SO_RCVTIMEO, one call) on a blocking socket, not Python's (the socket
     made non-blocking, and a poll() before every read and back): system calls are what an answer
     costs most when the CPU comes to it cold, between sbatches (BENCHMARKS.md "Slurm")."""
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _REQUEST_TIMEVAL)
+    seconds = int(REQUEST_TIMEOUT)
+    timeval = struct.pack("@ll", seconds, int((REQUEST_TIMEOUT - seconds) * 1_000_000))  # 64-bit Linux
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -143,6 +143,7 @@ def format_directive(command: str, args: Mapping[str, str | None]) -> str:
 # Rulesets (DWDirectiveRule)
 
 FOUND_KEYS_KEPT = 256  # per command rule: the keys whose ruleDef is remembered
+FOUND_KEY_CHARS = 64  # longer keys are searched every time
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,8 @@ class CommandRule:
         if key in self._found:
             return self._found[key]
         found = next((rule for rule in self.rule_defs if rule.key_re.search(key)), None)
-        if len(self._found) < FOUND_KEYS_KEPT:  # bounded: keys are whatever users write
+        # bounded in count and size: keys are whatever users write (up to the directive byte limit)
+        if len(self._found) < FOUND_KEYS_KEPT and len(key) <= FOUND_KEY_CHARS:
             self._found[key] = found
         return found
 

@@ -126,15 +126,14 @@ SCRIPT_READ = 1 << 16  # bytes per read of a job script: below malloc's mmap thr
 
 def read_script(path: str) -> str:
     """The job script Slurm hands to hooks; it ends with a NUL byte. Read with os.read: open()
-    and read() of a file object make three times the system calls (job_process is on every sbatch)."""
+    and read() of a file object make twice the system calls (job_process is on every sbatch). Read
+    to the end: a network filesystem may return less than asked before it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             chunks = []
             while chunk := os.read(fd, SCRIPT_READ):
                 chunks.append(chunk)
-                if len(chunk) < SCRIPT_READ:  # a short read of a regular file: its end
-                    break
         finally:
             os.close(fd)
     except OSError as exc:

@@ -290,14 +290,12 @@ def test_a_client_that_connects_and_goes_silent_is_let_go_at_the_read_timeout(
     world_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sent: bytes
 ) -> None:
     """The read timeout is the kernel's (SO_RCVTIMEO): a silent client costs a thread that long only."""
-    import struct
     import threading
 
     from dwsbridge import agent as agent_module
 
     monkeypatch.delenv("DWSBRIDGE_CONFIG", raising=False)
     monkeypatch.setattr(agent_module, "REQUEST_TIMEOUT", 0.3)
-    monkeypatch.setattr(agent_module, "_REQUEST_TIMEVAL", struct.pack("@ll", 0, 300_000))
     served = Agent(world_tmp / "unused.sock")
     ours, theirs = socket.socketpair()
     theirs.sendall(sent)  # and never shuts its side down

@@ -736,7 +736,7 @@ def test_a_site_ruleset_that_knows_pool_keeps_it() -> None:
 def test_a_rule_remembers_what_each_key_found_within_a_bound() -> None:
     """find() answers from memory for keys it has seen, the same as searching; users' keys are
     unbounded, so at most FOUND_KEYS_KEPT are kept and later ones are searched every time."""
-    from dwsbridge.directives import FOUND_KEYS_KEPT
+    from dwsbridge.directives import FOUND_KEY_CHARS, FOUND_KEYS_KEPT
 
     rule = RuleSet.from_yaml(
         "kind: DWDirectiveRule\nspec:\n- command: jobdw\n  ruleDefs:\n"
@@ -745,6 +745,8 @@ def test_a_rule_remembers_what_each_key_found_within_a_bound() -> None:
     name, cap = rule.rule_defs
     for _ in range(2):
         assert rule.find("name") is name and rule.find("capacity") is cap and rule.find("colour") is None
+    long_key = "x" * FOUND_KEY_CHARS + "cap"  # a directive may be 256 KiB: long keys are not kept
+    assert rule.find(long_key) is cap and long_key not in rule._found
     for i in range(FOUND_KEYS_KEPT + 50):
         assert rule.find(f"k{i}") is None
     assert len(rule._found) == FOUND_KEYS_KEPT

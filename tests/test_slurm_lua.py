@@ -498,8 +498,9 @@ def test_the_loader_runs_the_compiled_hooks_only_while_their_source_is_unchanged
     source.write_text(hook_defining("edited source"))  # an admin's edit: another size
     assert loader_answer(render_loader(str(source), str(compiled), size, compiled_size)) == "edited source"
     source.write_text(hook_defining("source"))
-    compiled.write_text(hook_defining("compiled, then cut short")[: compiled_size - 1])
-    assert loader_answer(render_loader(str(source), str(compiled), size, compiled_size)) == "source"
+    for other in ("cut", "compiled and longer"):  # valid chunks, but not the size install wrote
+        compiled.write_text(hook_defining(other))
+        assert loader_answer(render_loader(str(source), str(compiled), size, compiled_size)) == "source"
     garbage = b"\x1bLua\x99 not a chunk this Lua can load"
     compiled.write_bytes(garbage)
     assert loader_answer(render_loader(str(source), str(compiled), size, len(garbage))) == "source"
@@ -668,6 +669,7 @@ def test_only_modules_nobody_but_root_can_replace_are_loaded_by_path(
     for name in ("core.so", "unix.so"):
         (lib / name).write_bytes(b"")
     assert not only_root_can_replace(str(lib / "core.so"))  # under /tmp (world-writable) or not root's
+    assert not only_root_can_replace("./socket/core.so")  # slurmctld would resolve it in its own cwd
     monkeypatch.setenv("LUA_CPATH", f"{tmp_path}/lib/?.so;;")
     etc = tmp_path / "etc"
     etc.mkdir()

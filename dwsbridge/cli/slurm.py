@@ -201,8 +201,11 @@ def lua_socket_modules(cpath: str | None = None) -> tuple[str, str] | None:
 def only_root_can_replace(path: str) -> bool:
     """True when `path` (and, through its symlinks, the file it names) and every directory above them
     are root's and writable by root alone: code slurmctld loads from a path written into the hooks
-    must not be replaceable by anyone else. (A symlink's own mode means nothing; its owner does.)"""
-    for start in {os.path.abspath(path), os.path.realpath(path)}:
+    must not be replaceable by anyone else. (A symlink's own mode means nothing; its owner does.)
+    A relative path (`./?.so` in LUA_CPATH) is never such a path: slurmctld resolves it elsewhere."""
+    if not os.path.isabs(path):
+        return False
+    for start in {path, os.path.realpath(path)}:
         current = start
         while True:
             try:
@@ -407,8 +410,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     socket_modules = found_modules  # the paths written into the hooks
     if found_modules and not all(only_root_can_replace(module) for module in found_modules):
         print(
-            f"dwsbridge: warning: {' or '.join(found_modules)} can be replaced by a user other than "
-            "root: the hooks find lua-socket with require instead of by path",
+            f"dwsbridge: warning: {' or '.join(found_modules)} is relative or can be replaced by a "
+            "user other than root: the hooks find lua-socket with require instead of by path",
             file=sys.stderr,
         )
         socket_modules = None

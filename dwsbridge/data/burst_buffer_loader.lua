@@ -31,14 +31,14 @@ local function size_of(path)
 	return size
 end
 
--- The compiled hooks read whole, then loaded: loadfile would open a compiled file twice and read it in
--- small pieces. nil when the file is not what install wrote.
+-- The compiled hooks read in one open, then loaded (loadfile opens a compiled file twice and seeks
+-- back). nil when the file is not of the size install wrote: one byte more is read to tell.
 local function load_compiled()
 	local f = io.open(COMPILED, "rb")
 	if not f then
 		return nil
 	end
-	local code = f:read(COMPILED_SIZE)
+	local code = f:read(COMPILED_SIZE + 1)
 	f:close()
 	if not code or #code ~= COMPILED_SIZE then
 		return nil
