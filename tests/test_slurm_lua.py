@@ -584,13 +584,13 @@ def test_install_sets_the_agent_timeouts_and_refuses_nonsense(
 
 
 def test_lua_socket_is_found_where_slurms_lua_looks(tmp_path: Path) -> None:
-    from dwsbridge.cli.slurm import lua_socket_path
+    from dwsbridge.cli.slurm import LUA_SOCKET_MODULE, lua_module_path
 
     module = tmp_path / "lib" / "socket" / "unix.so"
     module.parent.mkdir(parents=True)
     module.write_bytes(b"")
-    assert lua_socket_path(f"{tmp_path}/lib/?.so;;") == str(module)
-    found = lua_socket_path("")
+    assert lua_module_path(LUA_SOCKET_MODULE, f"{tmp_path}/lib/?.so;;") == str(module)
+    found = lua_module_path(LUA_SOCKET_MODULE, "")
     assert found is None or found.endswith("/5.1/socket/unix.so")
 
 

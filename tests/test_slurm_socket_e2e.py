@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dwsbridge.cli.slurm import lua_socket_path
+from dwsbridge.cli.slurm import lua_socket_modules
 from tests.slurm_support import (
     REPO,
     LocalSlurmCluster,
@@ -43,7 +43,7 @@ HOOK_LINE = re.compile(r"dwsbridge/lua: (\w+) job=(\S+) rc=(\w+) ([\d.]+)ms via=
 
 if slurm_skip_reason():
     pytest.skip(slurm_skip_reason() or "", allow_module_level=True)
-if lua_socket_path() is None:
+if lua_socket_modules() is None:
     pytest.skip("lua-socket missing (make debs installs it)", allow_module_level=True)
 
 

@@ -187,11 +187,6 @@ def lua_module_path(module: str, cpath: str | None = None) -> str | None:
     return None
 
 
-def lua_socket_path(cpath: str | None = None) -> str | None:
-    """lua-socket's `socket.unix` as Slurm's Lua would load it, or None when it is not installed."""
-    return lua_module_path(LUA_SOCKET_MODULE, cpath)
-
-
 def lua_socket_modules(cpath: str | None = None) -> tuple[str, str] | None:
     """(core, unix): the paths of lua-socket's two C modules burst_buffer.lua loads, or None."""
     core, unix = lua_module_path(LUA_SOCKET_CORE, cpath), lua_module_path(LUA_SOCKET_MODULE, cpath)
