@@ -132,19 +132,6 @@ class Bench:
             time.sleep(0.2)
 
     # 1. submit rate -------------------------------------------------------------------------------
-    def submit_rate(self, count: int, distinct: bool = False) -> float:
-        """Held jobs (no stage-in), one sbatch after another; `distinct` gives every job its own script
-        header, so job_process's cache never hits and the bridge validates each one."""
-        names = ["dw.sh"] * count
-        if distinct:
-            names = [self.distinct_script(i) for i in range(count)]
-        start = time.perf_counter()
-        for name in names:
-            self.sbatch(name, "--hold")
-        elapsed = time.perf_counter() - start
-        self.drain()
-        return count / elapsed
-
     def paired_rates(
         self, count: int, distinct: bool, plugin_lua: str, *, noop_first: bool = False
     ) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -452,7 +439,7 @@ def main() -> int:
         # ratio reported is the median of the per-round ratios.
         rates: dict[str, list[float]] = {"plugin": [], "plugin-distinct": [], "noop": [], "noop-distinct": []}
         inside: dict[str, list[float]] = {"plugin": [], "noop": []}  # job_process ms, slurmctld's figure
-        bench.submit_rate(3)  # warm up
+        bench.paired_rates(3, False, real_lua)  # warm up both plugins
         for round_number in range(args.rounds):
             for distinct in (False, True):
                 got, times = bench.paired_rates(
